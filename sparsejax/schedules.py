@@ -1,0 +1,126 @@
+"""Step -> value schedules used by the sparsity algorithms.
+
+Every schedule here is a pure function of the step that works on Python ints
+and on traced int32 scalars alike, so it can run inside a jitted update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+__all__ = [
+    "polynomial_progress",
+    "polynomial_sparsity",
+    "is_update_step",
+    "check_fraction",
+]
+
+
+def check_fraction(name: str, value, *, allow_one: bool = False) -> None:
+  """Raises ``ValueError`` unless ``value`` lies in ``[0, 1)`` (or ``[0, 1]``).
+
+  Traced values cannot be checked and are let through.
+  """
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    if hasattr(value, "shape"):  # a tracer: checked by the caller's contract
+      return
+    raise TypeError(f"{name} must be a number, got {value!r}") from None
+  hi_ok = v <= 1.0 if allow_one else v < 1.0
+  if not (0.0 <= v and hi_ok):
+    interval = "[0, 1]" if allow_one else "[0, 1)"
+    raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def _check_steps(begin_step: int, end_step: int, update_every: int | None = None) -> None:
+  for name, v in (("begin_step", begin_step), ("end_step", end_step)):
+    if not isinstance(v, int) or v < 0:
+      raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+  if end_step < begin_step:
+    raise ValueError(
+        f"end_step must be >= begin_step, got end_step={end_step} < begin_step={begin_step}")
+  if update_every is not None and (not isinstance(update_every, int) or update_every < 1):
+    raise ValueError(f"update_every must be a positive int, got {update_every!r}")
+
+
+def polynomial_progress(
+    begin_step: int, end_step: int, *, power: float = 3.0
+) -> Callable[[ArrayLike], jnp.ndarray]:
+  r"""The ramp :math:`1 - (1 - \mathrm{clip}((t - t_0)/(t_1 - t_0), 0, 1))^p`.
+
+  0 before ``begin_step`` (:math:`t_0`), 1 from ``end_step`` (:math:`t_1`)
+  on; a single jump at :math:`t_0` when :math:`t_0 = t_1`.
+  """
+  _check_steps(begin_step, end_step)
+  if power <= 0:
+    raise ValueError(f"power must be > 0, got {power!r}")
+  span = max(end_step - begin_step, 1)
+
+  def progress(step):
+    t = jnp.asarray(step, jnp.float32)
+    frac = jnp.clip((t - begin_step) / span, 0.0, 1.0)
+    if end_step == begin_step:
+      frac = jnp.where(t >= begin_step, 1.0, 0.0)
+    return (1.0 - (1.0 - frac) ** power).astype(jnp.float32)
+
+  return progress
+
+
+def polynomial_sparsity(
+    final_sparsity: ArrayLike,
+    begin_step: int,
+    end_step: int,
+    *,
+    initial_sparsity: ArrayLike = 0.0,
+    power: float = 3.0,
+) -> Callable[[ArrayLike], jnp.ndarray]:
+  r"""Zhu & Gupta's gradual pruning schedule.
+
+  .. math::
+
+    s_t = s_f + (s_i - s_f)\left(1 - \frac{t - t_0}{t_1 - t_0}\right)^{p}
+
+  for :math:`t_0 \le t \le t_1`; :math:`s_t = s_i` before :math:`t_0`
+  (``begin_step``) and :math:`s_f` (``final_sparsity``) after :math:`t_1`
+  (``end_step``). :math:`p` is ``power`` (3 in the paper).
+
+  Args:
+    final_sparsity: target fraction of zeros :math:`s_f`, in [0, 1).
+    begin_step: first step of the ramp.
+    end_step: step at which ``final_sparsity`` is reached.
+    initial_sparsity: :math:`s_i`, in [0, 1).
+    power: exponent of the ramp.
+
+  Returns:
+    ``schedule(step) -> float32 scalar``.
+
+  References:
+    Zhu & Gupta, *To prune, or not to prune*, 2017 (arXiv:1710.01878).
+  """
+  check_fraction("final_sparsity", final_sparsity)
+  check_fraction("initial_sparsity", initial_sparsity)
+  progress = polynomial_progress(begin_step, end_step, power=power)
+
+  def schedule(step):
+    s = initial_sparsity + (final_sparsity - initial_sparsity) * progress(step)
+    return jnp.asarray(s, jnp.float32)
+
+  return schedule
+
+
+def is_update_step(step: ArrayLike, begin_step: int, end_step: int, update_every: int):
+  """True on ``begin_step, begin_step + update_every, ...`` up to ``end_step``.
+
+  ``end_step`` itself is always an update step, so the final target is
+  reached even when ``end_step - begin_step`` is not a multiple of
+  ``update_every``.
+  """
+  _check_steps(begin_step, end_step, update_every)
+  step = jnp.asarray(step)
+  in_range = (step >= begin_step) & (step <= end_step)
+  on_grid = ((step - begin_step) % update_every == 0) | (step == end_step)
+  return in_range & on_grid

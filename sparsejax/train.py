@@ -1,0 +1,395 @@
+"""The trainer: ``train_and_evaluate(config, workdir)``.
+
+One readable file. A config (``ml_collections.ConfigDict``, see
+``configs/default.py``) names a dataset, a model, an optimizer with its
+learning-rate schedule, and a sparsity algorithm; this module builds them,
+trains with jitted steps, evaluates, checkpoints with orbax (resuming
+automatically from the newest good checkpoint) and writes a report.
+
+Workdir contents: ``metrics.jsonl`` (one JSON object per log event),
+``checkpoints/`` (orbax), ``report.json``, ``sparsity.png``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from sparsejax import data as data_lib
+from sparsejax import masks as masks_lib
+from sparsejax import models as models_lib
+from sparsejax import optim
+from sparsejax import tree as tree_lib
+from sparsejax import checkpoint as ckpt_lib
+from sparsejax import report as report_lib
+
+__all__ = [
+    "ALGORITHMS",
+    "TrainState",
+    "train_and_evaluate",
+    "make_lr_schedule",
+    "make_optimizer",
+    "create_train_state",
+]
+
+
+# ----------------------------------------------------------------------------
+# Config validation
+# ----------------------------------------------------------------------------
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step", "warmup_cosine")
+
+
+def _algorithm_none(cfg, ctx):
+  del cfg, ctx
+  return [], []
+
+
+def _algorithm_magnitude_pruning(cfg, ctx):
+  spe = ctx["steps_per_epoch"]
+  begin = int(round(cfg.get("begin_epoch", 0) * spe))
+  end = int(round(cfg.get("end_epoch", 1) * spe))
+  every = int(cfg.get("update_every_steps", 100))
+  distribution = cfg.get("distribution", "uniform")
+  if isinstance(distribution, ml_collections.ConfigDict):
+    distribution = distribution.to_dict()
+  tx = optim.magnitude_pruning(
+      cfg.sparsity, begin_step=begin, end_step=end, update_every=every,
+      distribution=distribution, filter_fn=_filter_from_config(cfg))
+  return [], [tx]
+
+
+# name -> builder(cfg, ctx) -> (transforms before the optimizer, transforms after).
+# ctx holds steps_per_epoch, total_steps and the learning-rate schedule.
+ALGORITHMS = {
+    "none": _algorithm_none,
+    "magnitude_pruning": _algorithm_magnitude_pruning,
+}
+
+
+def _filter_from_config(cfg):
+  pattern = cfg.get("filter_regex", None)
+  if pattern:
+    return tree_lib.all_of(tree_lib.kernels, tree_lib.regex(pattern))
+  return None
+
+
+def _check_choice(name: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+
+
+def validate_config(config) -> None:
+  """Checks names in ``config`` before any data is loaded or model built."""
+  _check_choice("config.dataset", config.dataset, data_lib.DATASETS)
+  _check_choice("config.model.name", config.model.name, models_lib.MODELS)
+  _check_choice("config.algorithm.name", config.algorithm.name, tuple(ALGORITHMS))
+  _check_choice("config.optimizer.name", config.optimizer.name, OPTIMIZERS)
+  _check_choice("config.lr.schedule", config.lr.schedule, LR_SCHEDULES)
+  for key in ("batch_size", "num_epochs"):
+    v = config.get(key)
+    if not isinstance(v, (int, float)) or v <= 0:
+      raise ValueError(f"config.{key} must be a positive number, got {v!r}")
+
+
+# ----------------------------------------------------------------------------
+# Optimizer and schedules
+# ----------------------------------------------------------------------------
+
+
+def make_lr_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  lr = config.lr
+  base = float(lr.base)
+  if lr.schedule == "constant":
+    return optax.constant_schedule(base)
+  if lr.schedule == "cosine":
+    return optax.cosine_decay_schedule(base, max(total_steps, 1), alpha=lr.get("final_fraction", 0.0))
+  if lr.schedule == "warmup_cosine":
+    warmup = int(lr.get("warmup_epochs", 1) * steps_per_epoch)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, base, warmup, max(total_steps, warmup + 1),
+        end_value=base * lr.get("final_fraction", 0.0))
+  # "step": multiply by `factor` at each boundary, given in epochs.
+  boundaries = {int(round(e * steps_per_epoch)): float(lr.get("factor", 0.1))
+                for e in lr.boundaries_epochs}
+  return optax.piecewise_constant_schedule(base, boundaries)
+
+
+def make_optimizer(config, lr_schedule, steps_per_epoch: int, total_steps: int):
+  """``chain(algorithm-before..., weight decay, optimizer, algorithm-after...)``."""
+  opt = config.optimizer
+  ctx = dict(steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr_schedule=lr_schedule)
+  before, after = ALGORITHMS[config.algorithm.name](config.algorithm, ctx)
+  parts = list(before)
+  wd = float(opt.get("weight_decay", 0.0))
+  if opt.name == "sgd":
+    if wd:
+      parts.append(optax.add_decayed_weights(wd))
+    parts.append(optax.sgd(lr_schedule, momentum=opt.get("momentum", 0.9) or None,
+                           nesterov=opt.get("nesterov", False)))
+  elif opt.name == "adam":
+    if wd:
+      parts.append(optax.add_decayed_weights(wd))
+    parts.append(optax.adam(lr_schedule))
+  else:
+    parts.append(optax.adamw(lr_schedule, weight_decay=wd))
+  parts.extend(after)
+  return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------
+# Train state and steps
+# ----------------------------------------------------------------------------
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # int32 scalar
+  params: Any  # nnx.State of arrays (nnx.Param)
+  model_state: Any  # nnx.State of arrays (batch statistics and the like)
+  opt_state: Any
+
+
+def _model_kwargs(config, dataset) -> dict:
+  kwargs = dict(config.model.get("kwargs", {}) or {})
+  h, w, c = dataset.images.shape[1:]
+  name = config.model.name
+  if name == "lenet300_100":
+    kwargs.setdefault("in_features", h * w * c)
+  elif name == "lenet5" or name.startswith("vgg"):
+    kwargs.setdefault("in_channels", c)
+    kwargs.setdefault("input_size", (h, w))
+  else:
+    kwargs.setdefault("in_channels", c)
+  return kwargs
+
+
+def create_train_state(model, tx) -> tuple[TrainState, Any, Any]:
+  """Splits ``model``; returns (state, train graphdef, eval graphdef)."""
+  model.train()
+  train_def, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  eval_def, _, _ = nnx.split(model, nnx.Param, ...)
+  params, rest = nnx.as_pure(params), nnx.as_pure(rest)
+  state = TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=rest,
+                     opt_state=tx.init(params))
+  return state, train_def, eval_def
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(train_def, tx):
+  def loss_fn(params, model_state, batch):
+    model = nnx.merge(train_def, params, model_state)
+    logits = model(batch["image"])
+    loss = _cross_entropy(logits, batch["label"])
+    _, new_model_state = nnx.split(model, nnx.Param, ...)[1:]
+    return loss, (logits, nnx.as_pure(new_model_state))
+
+  @jax.jit
+  def train_step(state: TrainState, batch):
+    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+    metrics = {"loss_sum": loss * batch["label"].shape[0], "correct": correct,
+               "count": batch["label"].shape[0]}
+    return TrainState(state.step + 1, params, model_state, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(eval_def):
+  @jax.jit
+  def eval_step(params, model_state, batch):
+    model = nnx.merge(eval_def, params, model_state)
+    logits = model(batch["image"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return {"loss_sum": losses.sum(),
+            "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+            "count": batch["label"].shape[0]}
+  return eval_step
+
+
+def evaluate(eval_step, params, model_state, dataset, batch_size: int) -> dict:
+  totals = None
+  for batch in data_lib.eval_batches(dataset, batch_size=batch_size):
+    m = eval_step(params, model_state, batch)
+    totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+  totals = jax.device_get(totals)
+  n = int(totals["count"])
+  return {"loss": float(totals["loss_sum"]) / n, "accuracy": float(totals["correct"]) / n}
+
+
+# ----------------------------------------------------------------------------
+# Workdir, metrics
+# ----------------------------------------------------------------------------
+
+
+def _prepare_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(str(workdir)))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"workdir {workdir!r} is not writable ({e.strerror or e}); "
+                     "pass a directory you can create and write to") from None
+  return workdir
+
+
+class MetricsWriter:
+  """Appends JSON lines to ``metrics.jsonl``; on resume drops lines past ``step``."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        lines = [l for l in f if l.strip()]
+      kept = [l for l in lines if json.loads(l).get("step", 0) <= resume_step]
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _pruned_fraction(params) -> float:
+  """Fraction of exact zeros among the conv/dense kernels."""
+  zeros = total = 0
+  for path, leaf in tree_lib.leaves_with_paths(params):
+    if tree_lib.kernels(path, leaf):
+      a = np.asarray(leaf)
+      zeros += int((a == 0).sum())
+      total += a.size
+  return zeros / max(total, 1)
+
+
+# ----------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains and evaluates the model the config describes; returns the report.
+
+  Resumes from the newest good checkpoint in ``workdir/checkpoints``. With
+  ``config.stop_after_steps`` set, stops early after that many steps (as if
+  interrupted), for testing resumption.
+  """
+  validate_config(config)
+  workdir = _prepare_workdir(workdir)
+  t_start = time.time()
+
+  # --- data -------------------------------------------------------------------
+  dcfg = config.get("data", ml_collections.ConfigDict())
+  load = functools.partial(data_lib.load, config.dataset, data_dir=dcfg.get("dir"),
+                           tfds_data_dir=dcfg.get("tfds_data_dir"))
+  train_ds, test_ds = load("train"), load("test")
+  # A subset larger than the split (e.g. the 4,000-image offline MNIST sample) keeps it whole.
+  if dcfg.get("train_subset") and int(dcfg.train_subset) < len(train_ds.labels):
+    train_ds = data_lib.subset(train_ds, int(dcfg.train_subset), seed=config.seed)
+  if dcfg.get("test_subset") and int(dcfg.test_subset) < len(test_ds.labels):
+    test_ds = data_lib.subset(test_ds, int(dcfg.test_subset), seed=config.seed)
+  print(f"data: {config.dataset} ({len(train_ds.labels)} train / {len(test_ds.labels)} test) "
+        f"from {train_ds.source}", flush=True)
+  steps_per_epoch = data_lib.steps_per_epoch(train_ds, config.batch_size)
+  total_steps = int(round(config.num_epochs * steps_per_epoch))
+
+  # --- model and optimizer ---------------------------------------------------
+  model = models_lib.get_model(config.model.name, num_classes=train_ds.num_classes,
+                               rngs=nnx.Rngs(config.seed), **_model_kwargs(config, train_ds))
+  lr_schedule = make_lr_schedule(config, steps_per_epoch, total_steps)
+  tx = make_optimizer(config, lr_schedule, steps_per_epoch, total_steps)
+  state, train_def, eval_def = create_train_state(model, tx)
+  train_step, eval_step = make_train_step(train_def, tx), make_eval_step(eval_def)
+
+  # --- checkpoints -------------------------------------------------------------
+  ccfg = config.get("checkpoint", ml_collections.ConfigDict())
+  manager = ckpt_lib.CheckpointManager(
+      os.path.join(workdir, "checkpoints"), keep=int(ccfg.get("keep", 3)))
+  restored = manager.restore_latest(state)
+  if restored is not None:
+    state = restored
+    logging.info("resumed from step %d", int(state.step))
+  start_step = int(state.step)
+  writer = MetricsWriter(workdir, start_step)
+  ckpt_every = int(ccfg.get("every_steps", 0) or steps_per_epoch)
+
+  # --- train --------------------------------------------------------------------
+  stop_after = config.get("stop_after_steps", None)
+  batches = data_lib.train_batches(train_ds, batch_size=config.batch_size, seed=config.seed,
+                                   augment=bool(dcfg.get("augment", False)),
+                                   start_step=start_step)
+  progress = report_lib.progress_bar(total_steps, start_step, enabled=config.get("progress_bar", True))
+  acc = None
+  epoch_t0 = time.time()
+  epoch_times = []
+  step = start_step
+  while step < total_steps:
+    batch = next(batches)
+    state, m = train_step(state, batch)
+    acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+    step += 1
+    progress.update(1)
+    end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+    if end_of_epoch:
+      jax.block_until_ready(state.params)
+      epoch_times.append(time.time() - epoch_t0)
+      train_m = jax.device_get(acc)
+      acc = None
+      test_m = evaluate(eval_step, state.params, state.model_state, test_ds,
+                        config.get("eval_batch_size", 1000))
+      record = {
+          "step": step, "epoch": step / steps_per_epoch,
+          "train_loss": float(train_m["loss_sum"]) / int(train_m["count"]),
+          "train_accuracy": float(train_m["correct"]) / int(train_m["count"]),
+          "test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
+          "sparsity": _pruned_fraction(state.params),
+          "lr": float(lr_schedule(step - 1)), "epoch_seconds": epoch_times[-1],
+      }
+      writer.write(record)
+      progress.write(
+          f"epoch {record['epoch']:6.2f}  train loss {record['train_loss']:.4f} "
+          f"acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
+          f"sparsity {record['sparsity']:.3f}  ({epoch_times[-1]:.1f}s)")
+      epoch_t0 = time.time()
+    if step % ckpt_every == 0 or step == total_steps:
+      manager.save(step, state)
+    if stop_after is not None and step >= start_step + int(stop_after) and step < total_steps:
+      manager.save(step, state)
+      manager.wait()
+      progress.close()
+      logging.info("stopping after %d steps as config.stop_after_steps asks", int(stop_after))
+      return {"stopped_at_step": step}
+  manager.wait()
+  progress.close()
+
+  # --- report ---------------------------------------------------------------------
+  test_m = evaluate(eval_step, state.params, state.model_state, test_ds,
+                    config.get("eval_batch_size", 1000))
+  summary = masks_lib.summary(state.params)
+  report = report_lib.build_report(
+      config=config, test=test_m, summary=summary, params=state.params,
+      dataset_source=train_ds.source, steps=total_steps, steps_per_epoch=steps_per_epoch,
+      epoch_seconds=epoch_times, wall_seconds=time.time() - t_start,
+      extra={"params_sha256": ckpt_lib.tree_digest(state.params)})
+  report_lib.write_report(workdir, report, summary)
+  return report

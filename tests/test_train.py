@@ -1,0 +1,157 @@
+"""The trainer: smoke run, resume == uninterrupted, checkpoint corruption, bad input."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import default as default_config
+from sparsejax import checkpoint as ckpt_lib
+from sparsejax import train
+
+
+def _fake_mnist(path, n_train=640, n_test=200, seed=0):
+  """Learnable 28x28 digits: class c lights up a c-dependent 6x6 patch, plus noise."""
+  rng = np.random.default_rng(seed)
+
+  def make(n):
+    y = rng.integers(0, 10, size=n).astype(np.uint8)
+    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(y):
+      r, q = divmod(int(c), 5)
+      x[i, 2 + 12 * r: 8 + 12 * r, 2 + 5 * q: 8 + 5 * q] = 250
+    return x, y
+
+  xtr, ytr = make(n_train)
+  xte, yte = make(n_test)
+  np.savez(os.path.join(path, "mnist.npz"), x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+
+
+@pytest.fixture()
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("data")
+  _fake_mnist(str(d))
+  return str(d)
+
+
+def _config(data_dir, **overrides):
+  c = default_config.get_config("smoke")
+  c.data.dir = data_dir
+  c.data.train_subset = None
+  c.data.test_subset = None
+  c.batch_size = 32
+  c.num_epochs = 4  # 20 steps per epoch -> 80 steps
+  c.algorithm.begin_epoch = 0.5
+  c.algorithm.end_epoch = 2.0
+  c.algorithm.update_every_steps = 5
+  c.checkpoint.every_steps = 10
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def test_smoke_run_prunes_learns_and_reports(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  report = train.train_and_evaluate(_config(data_dir), workdir)
+  # The synthetic task is easy: a working trainer gets it nearly all right.
+  assert report["test_accuracy"] >= 0.9
+  # Global magnitude pruning to 90% over the kernels: exactly floor(0.9 n) zeros.
+  n = sum(l["params"] for l in report["layers"] if l["prunable"])
+  z = sum(l["zeros"] for l in report["layers"] if l["prunable"])
+  assert z == int(np.floor(np.float32(0.9) * n))
+  assert report["sparsity"] == pytest.approx(z / n)
+  assert {l["path"] for l in report["layers"] if l["prunable"]} == {
+      "conv1/kernel", "conv2/kernel", "fc1/kernel", "fc2/kernel"}
+  for l in report["layers"]:
+    if not l["prunable"]:
+      assert l["zeros"] < l["params"]  # biases are not pruned
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert json.load(f)["test_accuracy"] == report["test_accuracy"]
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [20, 40, 60, 80]
+  assert lines[0]["sparsity"] < lines[-1]["sparsity"]
+  assert os.path.getsize(os.path.join(workdir, "sparsity.png")) > 1000
+  assert "fake" not in report["dataset_source"] and data_dir in report["dataset_source"]
+
+
+def test_resume_equals_uninterrupted(data_dir, tmp_path):
+  cfg = _config(data_dir)
+  full = train.train_and_evaluate(cfg, str(tmp_path / "a"))
+  interrupted = _config(data_dir, stop_after_steps=33)
+  out = train.train_and_evaluate(interrupted, str(tmp_path / "b"))
+  assert out == {"stopped_at_step": 33}
+  resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"))
+  assert resumed["params_sha256"] == full["params_sha256"]
+  assert resumed["test_accuracy"] == full["test_accuracy"]
+  # metrics.jsonl has each epoch once, as in the uninterrupted run.
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "metrics.jsonl")]
+  assert steps == [20, 40, 60, 80]
+
+
+def _corrupt_step(workdir, step):
+  files = [f for f in glob.glob(os.path.join(workdir, "checkpoints", str(step), "**", "*"),
+                                recursive=True) if os.path.isfile(f) and os.path.getsize(f) > 64]
+  assert files
+  for f in files:
+    if "meta" in f.split(os.sep)[-2:][0]:
+      continue
+    with open(f, "r+b") as fh:
+      data = bytearray(fh.read())
+      for i in range(len(data) // 3, len(data) // 3 + 32):
+        data[i] ^= 0xFF
+      fh.seek(0)
+      fh.write(data)
+
+
+def test_corrupted_newest_checkpoint_falls_back(data_dir, tmp_path):
+  cfg = _config(data_dir)
+  full = train.train_and_evaluate(cfg, str(tmp_path / "a"))
+  wd = str(tmp_path / "b")
+  train.train_and_evaluate(_config(data_dir, stop_after_steps=33), wd)
+  steps = ckpt_lib.CheckpointManager(os.path.join(wd, "checkpoints")).all_steps()
+  assert steps[-1] == 33
+  _corrupt_step(wd, 33)
+  resumed = train.train_and_evaluate(cfg, wd)
+  assert resumed["params_sha256"] == full["params_sha256"]
+
+
+def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):
+  wd = str(tmp_path / "b")
+  train.train_and_evaluate(_config(data_dir, stop_after_steps=25), wd)
+  for s in ckpt_lib.CheckpointManager(os.path.join(wd, "checkpoints")).all_steps():
+    _corrupt_step(wd, s)
+  with pytest.raises(ckpt_lib.CheckpointError, match="could be restored"):
+    train.train_and_evaluate(_config(data_dir), wd)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model.name", "resnet7", r"config.model.name must be one of .*lenet5"),
+    ("dataset", "imagenet", r"config.dataset must be one of .*mnist"),
+    ("algorithm.name", "rigl", r"config.algorithm.name must be one of .*magnitude_pruning"),
+    ("optimizer.name", "lamb", r"config.optimizer.name must be one of"),
+])
+def test_unknown_names_in_config(data_dir, tmp_path, field, value, match):
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(_config(data_dir, **{field: value}), str(tmp_path / "w"))
+
+
+def test_unwritable_workdir(data_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(ValueError, match="workdir .* is not writable"):
+    train.train_and_evaluate(_config(data_dir), str(blocker / "run"))
+
+
+def test_default_config_variants():
+  c = default_config.get_config()
+  assert (c.dataset, c.model.name, c.algorithm.name, c.algorithm.sparsity) == (
+      "mnist", "lenet5", "magnitude_pruning", 0.9)
+  assert default_config.get_config("dense").algorithm.name == "none"
+  with pytest.raises(ValueError, match="unknown variant"):
+    default_config.get_config("huge")

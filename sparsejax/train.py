@@ -36,6 +36,7 @@ from sparsejax import report as report_lib
 
 __all__ = [
     "ALGORITHMS",
+    "Algorithm",
     "TrainState",
     "train_and_evaluate",
     "make_lr_schedule",
@@ -52,9 +53,27 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "warmup_cosine")
 
 
+class Algorithm(NamedTuple):
+  """What a sparsity algorithm contributes to a run.
+
+  Attributes:
+    before: transforms chained before the optimizer (penalty (sub)gradients).
+    after: transforms chained after it (masks, proximal steps).
+    prepare_params: optional ``params -> params`` applied to the freshly
+      initialised parameters before the optimizer state is created (e.g. the
+      BN-scale initialisation a paper prescribes).
+    report: optional ``(params, opt_state) -> dict`` merged into
+      ``report.json`` at the end (e.g. removable channels).
+  """
+  before: tuple = ()
+  after: tuple = ()
+  prepare_params: Any = None
+  report: Any = None
+
+
 def _algorithm_none(cfg, ctx):
   del cfg, ctx
-  return [], []
+  return Algorithm()
 
 
 def _algorithm_magnitude_pruning(cfg, ctx):
@@ -68,11 +87,11 @@ def _algorithm_magnitude_pruning(cfg, ctx):
   tx = optim.magnitude_pruning(
       cfg.sparsity, begin_step=begin, end_step=end, update_every=every,
       distribution=distribution, filter_fn=_filter_from_config(cfg))
-  return [], [tx]
+  return Algorithm(after=(tx,))
 
 
-# name -> builder(cfg, ctx) -> (transforms before the optimizer, transforms after).
-# ctx holds steps_per_epoch, total_steps and the learning-rate schedule.
+# name -> builder(cfg, ctx) -> Algorithm. ``cfg`` is ``config.algorithm``; ctx
+# holds steps_per_epoch, total_steps and lr_schedule (an optax schedule).
 ALGORITHMS = {
     "none": _algorithm_none,
     "magnitude_pruning": _algorithm_magnitude_pruning,
@@ -127,12 +146,15 @@ def make_lr_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sc
   return optax.piecewise_constant_schedule(base, boundaries)
 
 
-def make_optimizer(config, lr_schedule, steps_per_epoch: int, total_steps: int):
-  """``chain(algorithm-before..., weight decay, optimizer, algorithm-after...)``."""
-  opt = config.optimizer
+def make_algorithm(config, lr_schedule, steps_per_epoch: int, total_steps: int) -> Algorithm:
   ctx = dict(steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr_schedule=lr_schedule)
-  before, after = ALGORITHMS[config.algorithm.name](config.algorithm, ctx)
-  parts = list(before)
+  return ALGORITHMS[config.algorithm.name](config.algorithm, ctx)
+
+
+def make_optimizer(config, lr_schedule, algorithm: Algorithm):
+  """``chain(algorithm.before..., weight decay, optimizer, algorithm.after...)``."""
+  opt = config.optimizer
+  parts = list(algorithm.before)
   wd = float(opt.get("weight_decay", 0.0))
   if opt.name == "sgd":
     if wd:
@@ -145,7 +167,7 @@ def make_optimizer(config, lr_schedule, steps_per_epoch: int, total_steps: int):
     parts.append(optax.adam(lr_schedule))
   else:
     parts.append(optax.adamw(lr_schedule, weight_decay=wd))
-  parts.extend(after)
+  parts.extend(algorithm.after)
   return optax.chain(*parts)
 
 
@@ -175,13 +197,15 @@ def _model_kwargs(config, dataset) -> dict:
   return kwargs
 
 
-def create_train_state(model, tx) -> tuple[TrainState, Any, Any]:
+def create_train_state(model, tx, prepare_params=None) -> tuple[TrainState, Any, Any]:
   """Splits ``model``; returns (state, train graphdef, eval graphdef)."""
   model.train()
   train_def, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_def, _, _ = nnx.split(model, nnx.Param, ...)
   params, rest = nnx.as_pure(params), nnx.as_pure(rest)
+  if prepare_params is not None:
+    params = prepare_params(params)
   state = TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=rest,
                      opt_state=tx.init(params))
   return state, train_def, eval_def
@@ -287,12 +311,20 @@ def _pruned_fraction(params) -> float:
 # ----------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       init_state=None) -> dict:
   """Trains and evaluates the model the config describes; returns the report.
 
   Resumes from the newest good checkpoint in ``workdir/checkpoints``. With
   ``config.stop_after_steps`` set, stops early after that many steps (as if
   interrupted), for testing resumption.
+
+  Args:
+    config: the run's config (see ``configs/default.py``).
+    workdir: where checkpoints, metrics and the report go.
+    init_state: optional ``TrainState -> TrainState`` applied to the fresh
+      state before training (not on resume, where the checkpoint wins); used
+      by multi-stage pipelines to start from an earlier stage's weights.
   """
   validate_config(config)
   workdir = _prepare_workdir(workdir)
@@ -317,8 +349,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = models_lib.get_model(config.model.name, num_classes=train_ds.num_classes,
                                rngs=nnx.Rngs(config.seed), **_model_kwargs(config, train_ds))
   lr_schedule = make_lr_schedule(config, steps_per_epoch, total_steps)
-  tx = make_optimizer(config, lr_schedule, steps_per_epoch, total_steps)
-  state, train_def, eval_def = create_train_state(model, tx)
+  algorithm = make_algorithm(config, lr_schedule, steps_per_epoch, total_steps)
+  tx = make_optimizer(config, lr_schedule, algorithm)
+  state, train_def, eval_def = create_train_state(model, tx, algorithm.prepare_params)
+  if init_state is not None:
+    state = init_state(state)
   train_step, eval_step = make_train_step(train_def, tx), make_eval_step(eval_def)
 
   # --- checkpoints -------------------------------------------------------------
@@ -390,6 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config=config, test=test_m, summary=summary, params=state.params,
       dataset_source=train_ds.source, steps=total_steps, steps_per_epoch=steps_per_epoch,
       epoch_seconds=epoch_times, wall_seconds=time.time() - t_start,
-      extra={"params_sha256": ckpt_lib.tree_digest(state.params)})
+      extra={"params_sha256": ckpt_lib.tree_digest(state.params),
+             **(algorithm.report(state.params, state.opt_state) if algorithm.report else {})})
   report_lib.write_report(workdir, report, summary)
   return report

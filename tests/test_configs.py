@@ -1,0 +1,60 @@
+"""Every shipped config builds and names things the trainer knows; a CIFAR run prunes per layer."""
+
+import glob
+import importlib
+import math
+import os
+
+import numpy as np
+import pytest
+
+from sparsejax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_VARIANTS = {
+    "default": ["", "dense", "smoke", "smoke,dense"],
+    "lenet300_mnist": ["", "dense", "smoke"],
+    "cifar10_dense": ["resnet20", "vgg19,cpu", "resnet56,gmp", "vgg16,smoke,gmp", "resnet20,cpu"],
+}
+
+
+def _config_modules():
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+  return names
+
+
+@pytest.mark.parametrize("name", _config_modules())
+def test_config_validates(name):
+  module = importlib.import_module(f"configs.{name}")
+  assert module.__doc__ and "scripts/" in module.__doc__, "the docstring gives the launch command"
+  for variant in CONFIG_VARIANTS.get(name, [""]):
+    train.validate_config(module.get_config(variant))
+
+
+def test_cifar10_dense_bad_variant():
+  from configs import cifar10_dense  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="variants for configs/cifar10_dense.py"):
+    cifar10_dense.get_config("resnet20,fast")
+
+
+def test_cifar_resnet_smoke_run_prunes_each_layer(tmp_path):
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 10, size=320).astype(np.uint8)
+  x = rng.integers(0, 255, size=(320, 32, 32, 3)).astype(np.uint8)
+  np.savez(tmp_path / "cifar10.npz", x_train=x[:256], y_train=y[:256], x_test=x[256:],
+           y_test=y[256:])
+  from configs import cifar10_dense  # pylint: disable=import-outside-toplevel
+  c = cifar10_dense.get_config("resnet20,smoke,gmp")
+  c.data.dir = str(tmp_path)
+  c.data.train_subset = None
+  c.data.test_subset = None
+  c.model.kwargs = {"widths": (4, 8, 16)}
+  c.batch_size = 32
+  report = train.train_and_evaluate(c, str(tmp_path / "run"))
+  # Uniform distribution: every conv/dense kernel holds exactly floor(0.9 n) zeros.
+  layers = [l for l in report["layers"] if l["prunable"]]
+  assert len(layers) == 1 + 18 + 1  # stem, 9 blocks x 2 convs, fc
+  for l in layers:
+    assert l["zeros"] == math.floor(np.float32(0.9) * l["params"]), l["path"]
+  assert "cifar10.npz" in report["dataset_source"]

@@ -143,14 +143,17 @@ def magnitude_pruning(
     if params is None:
       raise ValueError("magnitude_pruning needs params: call update(updates, state, params)")
     step = state.count
-    proposed = jax.tree.map(
-        lambda m, p, u: p + u if m is not None else p, state.masks, params, updates,
-        is_leaf=_is_none)
-    proposed = masks_lib.apply(proposed, state.masks)
+
+    def recompute():
+      # Score the proposed point with the current mask applied (pruned stay at 0).
+      proposed = jax.tree.map(
+          lambda m, p, u: p if m is None else jnp.where(m, p + u, 0), state.masks, params,
+          updates, is_leaf=_is_none)
+      return compute_masks(proposed, step)
+
     new_masks = jax.lax.cond(
         schedules.is_update_step(step, begin_step, end_step, update_every),
-        lambda: compute_masks(proposed, step),
-        lambda: state.masks)
+        recompute, lambda: state.masks)
     new_updates = jax.tree.map(
         lambda m, p, u: u if m is None else jnp.where(m, u, -p).astype(u.dtype),
         new_masks, params, updates, is_leaf=_is_none)

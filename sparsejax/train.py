@@ -64,11 +64,16 @@ class Algorithm(NamedTuple):
       BN-scale initialisation a paper prescribes).
     report: optional ``(params, opt_state) -> dict`` merged into
       ``report.json`` at the end (e.g. removable channels).
+    eval_params: optional ``(params, opt_state) -> params`` giving the exactly
+      sparse parameters an algorithm keeps beside the trained ones (e.g. the
+      group lasso's U); the report then adds their ``sparse_test_accuracy``
+      and ``sparse_sparsity``.
   """
   before: tuple = ()
   after: tuple = ()
   prepare_params: Any = None
   report: Any = None
+  eval_params: Any = None
 
 
 def _algorithm_none(cfg, ctx):
@@ -95,6 +100,8 @@ def _algorithm_magnitude_pruning(cfg, ctx):
 ALGORITHMS = {
     "none": _algorithm_none,
     "magnitude_pruning": _algorithm_magnitude_pruning,
+    "sparse_group_lasso": optim.sparse_group_lasso_from_config,
+    "proximal": optim.proximal_from_config,
 }
 
 
@@ -421,11 +428,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   test_m = evaluate(eval_step, state.params, state.model_state, test_ds,
                     config.get("eval_batch_size", 1000))
   summary = masks_lib.summary(state.params)
+  extra = {"params_sha256": ckpt_lib.tree_digest(state.params)}
+  if algorithm.report:
+    extra.update(algorithm.report(state.params, state.opt_state))
+  if algorithm.eval_params:
+    sparse = jax.jit(algorithm.eval_params)(state.params, state.opt_state)
+    extra["sparse_test_accuracy"] = evaluate(
+        eval_step, sparse, state.model_state, test_ds, config.get("eval_batch_size", 1000))["accuracy"]
+    extra["sparse_sparsity"] = _pruned_fraction(sparse)
   report = report_lib.build_report(
       config=config, test=test_m, summary=summary, params=state.params,
       dataset_source=train_ds.source, steps=total_steps, steps_per_epoch=steps_per_epoch,
       epoch_seconds=epoch_times, wall_seconds=time.time() - t_start,
-      extra={"params_sha256": ckpt_lib.tree_digest(state.params),
-             **(algorithm.report(state.params, state.opt_state) if algorithm.report else {})})
+      extra=extra)
   report_lib.write_report(workdir, report, summary)
   return report

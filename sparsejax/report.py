@@ -93,7 +93,7 @@ def plot_layer_sparsity(layers: list[dict], path: str, title: str = "") -> str:
   ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
   ax.set_ylim(0, 1.1)
   ax.set_ylabel("fraction of weights zero")
-  ax.set_title(title or "per-layer sparsity")
+  ax.set_title(title or "per-layer sparsity", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -107,8 +107,8 @@ def write_report(workdir: str, report: dict, summary: dict, *, quiet: bool = Fal
     json.dump(report, f, indent=2, default=float)
   png = plot_layer_sparsity(
       report["layers"], os.path.join(workdir, "sparsity.png"),
-      title=f"{report['model']} / {report['dataset']} / {report['algorithm']}: "
-            f"{report['sparsity']:.1%} zero, test acc {report['test_accuracy']:.2%}")
+      title=f"{report['model']} / {report['dataset']} / {report['algorithm']}\n"
+            f"{report['sparsity']:.1%} of kernel weights zero, test acc {report['test_accuracy']:.2%}")
   if not quiet:
     print(masks_lib.format_summary(summary), flush=True)
     print(f"test accuracy {report['test_accuracy']:.4f}   kernel sparsity "

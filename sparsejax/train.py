@@ -102,6 +102,9 @@ ALGORITHMS = {
     "magnitude_pruning": _algorithm_magnitude_pruning,
     "sparse_group_lasso": optim.sparse_group_lasso_from_config,
     "proximal": optim.proximal_from_config,
+    "network_slimming": optim.slimming.network_slimming_from_config,
+    "slimming_penalty": optim.slimming.slimming_penalty_from_config,
+    "channel_mask": optim.slimming.channel_mask_from_config,
 }
 
 

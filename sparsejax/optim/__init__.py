@@ -16,9 +16,26 @@ from sparsejax.optim.proximal_gradient import proximal
 from sparsejax.optim.proximal_gradient import proximal_from_config
 from sparsejax.optim.pruning import MagnitudePruningState
 from sparsejax.optim.pruning import magnitude_pruning
+from sparsejax.optim import slimming
+from sparsejax.optim.slimming import ChannelMaskState
+from sparsejax.optim.slimming import NetworkSlimmingState
+from sparsejax.optim.slimming import SlimmingPenaltyState
+from sparsejax.optim.slimming import channel_mask
+from sparsejax.optim.slimming import network_slimming
+from sparsejax.optim.slimming import removable_channels
+from sparsejax.optim.slimming import set_bn_scales
+from sparsejax.optim.slimming import slimming_penalty
 
 __all__ = [
+    "ChannelMaskState",
     "MagnitudePruningState",
+    "NetworkSlimmingState",
+    "SlimmingPenaltyState",
+    "channel_mask",
+    "network_slimming",
+    "removable_channels",
+    "set_bn_scales",
+    "slimming_penalty",
     "ProximalState",
     "SparseGroupLassoState",
     "find_states",

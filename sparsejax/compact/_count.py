@@ -1,0 +1,172 @@
+"""Parameters and multiply-adds of a model, read from its jaxpr."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from jax.extend import core as jcore
+
+from sparsejax.compact import _analysis
+
+__all__ = ["LayerCount", "Count", "count"]
+
+# Operations that keep "this value is (a view of) state leaf P".
+_VIEW_OPS = frozenset(("reshape", "convert_element_type", "transpose", "squeeze",
+                       "broadcast_in_dim", "copy", "copy_p", "reduce_precision", "mul",
+                       "sharding_constraint"))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCount:
+  """Parameters and multiply-adds of one module (a path prefix like ``features/0/conv``)."""
+  name: str
+  params: int
+  flops: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+  """What :func:`count` returns.
+
+  Attributes:
+    params: number of scalar parameters (``nnx.Param`` entries; batch-norm
+      running statistics are not parameters).
+    flops: multiply-adds of the conv and dense layers for **one example**: the
+      forward pass on ``sample_input`` divided by its batch size. One
+      multiply-add counts once (the convention of the pruning literature;
+      double it for "FLOPs" counted as separate multiplies and adds). Biases,
+      batch norm, activations and pooling are not counted.
+    layers: per module, in order of first appearance.
+  """
+  params: int
+  flops: int
+  layers: tuple[LayerCount, ...]
+
+  def as_dict(self) -> dict[str, Any]:
+    return {"params": self.params, "flops": self.flops,
+            "layers": [dataclasses.asdict(l) for l in self.layers]}
+
+  def format(self) -> str:
+    """A plain-text table, one row per module."""
+    w = max([len(l.name) for l in self.layers] + [5])
+    rows = [f"{'layer':<{w}}  {'params':>12}  {'multiply-adds':>15}"]
+    for l in self.layers:
+      rows.append(f"{l.name:<{w}}  {l.params:>12,}  {l.flops:>15,}")
+    rows.append(f"{'total':<{w}}  {self.params:>12,}  {self.flops:>15,}")
+    return "\n".join(rows)
+
+
+def _module_of(path: str) -> str:
+  return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+def count(model, sample_input) -> Count:
+  """Counts parameters and per-example multiply-adds of ``model``.
+
+  The model is traced in eval mode on ``sample_input``'s shape (a copy is
+  switched; the model is not changed). Every ``conv_general_dilated`` counts
+  ``out_h * out_w * k_h * k_w * C_in / groups * C_out`` multiply-adds per
+  example, every ``dot_general`` the product of its output size and its
+  contracted size (``in * out`` for a dense layer), wherever they sit in the
+  computation (inside ``jit`` or ``custom_jvp`` calls too). Each is charged to
+  the module owning its kernel.
+
+  Args:
+    model: a Flax NNX module.
+    sample_input: an array with a leading batch axis (or a tuple of arrays);
+      only shapes and dtypes are used.
+
+  Returns:
+    A :class:`Count`.
+
+  Raises:
+    ValueError: a convolution or matrix product sits in a ``while`` loop,
+      whose trip count is unknown.
+  """
+  traced = _analysis.trace(model, sample_input)
+  flops: dict[str, int] = {}
+  order: list[str] = []
+
+  def note(name: str):
+    if name not in order:
+      order.append(name)
+
+  def charge(name: str, n: int):
+    note(name)
+    flops[name] = flops.get(name, 0) + n
+
+  def walk(jaxpr, sources: dict, times: int):
+    for eqn in jaxpr.eqns:
+      name = eqn.primitive.name
+      ins = [None if isinstance(v, jcore.Literal) else sources.get(v) for v in eqn.invars]
+      for s in ins:
+        if s:
+          note(_module_of(s))
+      if name == "conv_general_dilated":
+        rhs_spec = eqn.params["dimension_numbers"][1]
+        k = eqn.invars[1].aval.shape
+        per_out = int(np.prod([k[a] for a in range(len(k)) if a != rhs_spec[0]]))
+        n = int(np.prod(eqn.outvars[0].aval.shape)) * per_out
+        charge(_module_of(ins[1]) if ins[1] else f"conv@{_analysis._where(eqn)}", n * times)
+      elif name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        lshape = eqn.invars[0].aval.shape
+        n = int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lshape[a] for a in lc]))
+        src = ins[1] or ins[0]
+        charge(_module_of(src) if src else f"dot@{_analysis._where(eqn)}", n * times)
+      elif name in _VIEW_OPS:
+        src = next((s for s in ins if s), None)
+        if src:
+          for v in eqn.outvars:
+            sources[v] = src
+      sub = _analysis._sub_jaxpr(eqn)
+      if name in _analysis._CALLS and sub is not None:
+        inner, _ = sub
+        walk(inner, {iv: s for iv, s in zip(inner.invars, ins) if s}, times)
+      elif name == "scan":
+        inner = eqn.params["jaxpr"].jaxpr
+        walk(inner, {}, times * int(eqn.params["length"]))
+      elif name == "cond":
+        before = dict(flops)
+        best: dict[str, int] = {}
+        for br in eqn.params["branches"]:
+          flops.clear()
+          flops.update(before)
+          walk(br.jaxpr, {}, times)
+          if sum(flops.values()) > sum(best.values() or [0]):
+            best = dict(flops)
+        flops.clear()
+        flops.update(best or before)
+      elif name == "while":
+        for key in ("cond_jaxpr", "body_jaxpr"):
+          probe: dict[str, int] = {}
+          _count_only(eqn.params[key].jaxpr, probe)
+          if probe:
+            raise ValueError(
+                f"count cannot size the while loop at {_analysis._where(eqn)}: it contains "
+                f"convolutions or matrix products and its trip count is unknown")
+
+  sources = {v: p for v, p in zip(traced.jaxpr.jaxpr.invars, traced.paths)}
+  walk(traced.jaxpr.jaxpr, sources, 1)
+  b = max(traced.batch_size, 1)
+  params: dict[str, int] = {}
+  for path, leaf, is_param in zip(traced.paths, traced.leaves, traced.is_param):
+    if is_param:
+      m = _module_of(path)
+      params[m] = params.get(m, 0) + int(np.size(leaf))
+      if m not in order:
+        order.append(m)
+  layers = tuple(LayerCount(m, params.get(m, 0), flops.get(m, 0) // b) for m in order)
+  return Count(sum(params.values()), sum(flops.values()) // b, layers)
+
+
+def _count_only(jaxpr, out: dict) -> None:
+  """Counts conv/dot equations in ``jaxpr`` and its sub-jaxprs into ``out["n"]``."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+      out["n"] = out.get("n", 0) + 1
+    sub = _analysis._sub_jaxpr(eqn)
+    if sub is not None:
+      _count_only(sub[0], out)

@@ -2,12 +2,18 @@
 
 Pure functions on parameter pytrees (``sparsejax.masks``, ``sparsejax.prox``,
 ``sparsejax.schedules``), Optax gradient transformations built on them
-(``sparsejax.optim``), Flax NNX models, input pipelines (``sparsejax.data``)
-and a config-driven trainer (``sparsejax.train``, imported on demand).
+(``sparsejax.optim``), Flax NNX models, sparse matmul kernels and layers
+(``sparsejax.kernels``, ``sparsejax.nn``), input pipelines
+(``sparsejax.data``), channel removal and low-rank export
+(``sparsejax.compact``, ``sparsejax.lowrank``), sharded training
+(``sparsejax.parallel``) and a config-driven trainer (``sparsejax.train``);
+the modules in the second half are imported on demand.
 """
 
+from sparsejax import kernels
 from sparsejax import masks
 from sparsejax import models
+from sparsejax import nn
 from sparsejax import optim
 from sparsejax import prox
 from sparsejax import schedules
@@ -15,4 +21,4 @@ from sparsejax import tree
 
 __version__ = "0.1.0"
 
-__all__ = ["masks", "models", "optim", "prox", "schedules", "tree"]
+__all__ = ["kernels", "masks", "models", "nn", "optim", "prox", "schedules", "tree"]

@@ -105,6 +105,7 @@ ALGORITHMS = {
     "network_slimming": optim.slimming.network_slimming_from_config,
     "slimming_penalty": optim.slimming.slimming_penalty_from_config,
     "channel_mask": optim.slimming.channel_mask_from_config,
+    "trained_rank_pruning": optim.trained_rank_pruning_from_config,
 }
 
 

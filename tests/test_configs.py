@@ -15,6 +15,7 @@ CONFIG_VARIANTS = {
     "default": ["", "dense", "smoke", "smoke,dense"],
     "lenet300_mnist": ["", "dense", "smoke"],
     "cifar10_dense": ["resnet20", "vgg19,cpu", "resnet56,gmp", "vgg16,smoke,gmp", "resnet20,cpu"],
+    "resnet_cifar10_trp": ["", "resnet32", "spatial", "dense", "cpu", "smoke", "resnet32,spatial,cpu"],
 }
 
 

@@ -25,6 +25,14 @@ from sparsejax.optim.slimming import network_slimming
 from sparsejax.optim.slimming import removable_channels
 from sparsejax.optim.slimming import set_bn_scales
 from sparsejax.optim.slimming import slimming_penalty
+from sparsejax.optim import trp
+from sparsejax.optim.trp import NuclearSubgradientState
+from sparsejax.optim.trp import TrainedRankPruningState
+from sparsejax.optim.trp import add_nuclear_subgradient
+from sparsejax.optim.trp import low_rank_params
+from sparsejax.optim.trp import trained_rank_pruning
+from sparsejax.optim.trp import trained_rank_pruning_from_config
+from sparsejax.optim.trp import trp_chain
 
 __all__ = [
     "ChannelMaskState",
@@ -46,4 +54,12 @@ __all__ = [
     "sparse_group_lasso",
     "sparse_group_lasso_from_config",
     "sparse_params",
+    "NuclearSubgradientState",
+    "TrainedRankPruningState",
+    "add_nuclear_subgradient",
+    "low_rank_params",
+    "trained_rank_pruning",
+    "trained_rank_pruning_from_config",
+    "trp",
+    "trp_chain",
 ]

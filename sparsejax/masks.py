@@ -160,7 +160,7 @@ def _search_bits(count_fn: Callable[[jax.Array], jax.Array], k: jax.Array) -> ja
 def _global_threshold_bits(leaves: Sequence[jax.Array], k) -> jax.Array:
   """Bits of the k-th smallest ``|x|`` over all leaves (scalar uint32); k >= 1."""
   # Flat 1-D reductions are markedly faster than N-D ones on XLA:CPU.
-  leaves = [jnp.ravel(jnp.asarray(x)) for x in leaves]
+  leaves = [jnp.asarray(x) for x in leaves]
 
   def count_fn(mid):  # mid: (1,)
     total = jnp.zeros((), jnp.int32)
@@ -173,7 +173,7 @@ def _global_threshold_bits(leaves: Sequence[jax.Array], k) -> jax.Array:
 
 def _per_leaf_threshold_bits(leaves: Sequence[jax.Array], ks) -> jax.Array:
   """Bits of the k_i-th smallest ``|x_i|`` for every leaf, in one loop: ``(G,)``."""
-  leaves = [jnp.ravel(jnp.asarray(x)) for x in leaves]
+  leaves = [jnp.asarray(x) for x in leaves]
 
   def count_fn(mid):  # mid: (G,)
     return jnp.stack([

@@ -6,6 +6,13 @@ learning-rate schedule, and a sparsity algorithm; this module builds them,
 trains with jitted steps, evaluates, checkpoints with orbax (resuming
 automatically from the newest good checkpoint) and writes a report.
 
+Sharded training: with ``config.mesh`` set (e.g. ``{"data": -1, "model": 2}``)
+the state is placed on that mesh by ``config.sharding_rules`` (see
+:mod:`sparsejax.parallel`; optimizer state like its parameters), batches are
+split over ``"data"`` and the step is jitted with in/out shardings.
+Checkpoints are saved sharded and restored onto whatever mesh the resuming
+run names. Without ``config.mesh`` (absent or None) nothing changes.
+
 Workdir contents: ``metrics.jsonl`` (one JSON object per log event),
 ``checkpoints/`` (orbax), ``report.json``, ``sparsity.png``.
 """
@@ -30,6 +37,7 @@ from sparsejax import data as data_lib
 from sparsejax import masks as masks_lib
 from sparsejax import models as models_lib
 from sparsejax import optim
+from sparsejax import parallel
 from sparsejax import tree as tree_lib
 from sparsejax import checkpoint as ckpt_lib
 from sparsejax import report as report_lib
@@ -208,8 +216,14 @@ def _model_kwargs(config, dataset) -> dict:
   return kwargs
 
 
-def create_train_state(model, tx, prepare_params=None) -> tuple[TrainState, Any, Any]:
-  """Splits ``model``; returns (state, train graphdef, eval graphdef)."""
+def create_train_state(model, tx, prepare_params=None, *, mesh=None, rules=(),
+                       indivisible: str = "error") -> tuple[TrainState, Any, Any]:
+  """Splits ``model``; returns (state, train graphdef, eval graphdef).
+
+  With a ``mesh``, params and model state are placed by ``rules`` and the
+  optimizer state is created sharded like the params it belongs to
+  (:mod:`sparsejax.parallel`).
+  """
   model.train()
   train_def, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
@@ -217,8 +231,15 @@ def create_train_state(model, tx, prepare_params=None) -> tuple[TrainState, Any,
   params, rest = nnx.as_pure(params), nnx.as_pure(rest)
   if prepare_params is not None:
     params = prepare_params(params)
-  state = TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=rest,
-                     opt_state=tx.init(params))
+  if mesh is None:
+    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=rest,
+                       opt_state=tx.init(params))
+    return state, train_def, eval_def
+  params = parallel.shard_params(params, mesh, rules, indivisible=indivisible)
+  rest = parallel.shard_params(rest, mesh, rules, indivisible=indivisible)
+  step = jax.device_put(jnp.zeros([], jnp.int32), parallel.replicated(mesh))
+  state = TrainState(step=step, params=params, model_state=rest,
+                     opt_state=parallel.init_opt_state(tx, params, mesh))
   return state, train_def, eval_def
 
 
@@ -226,7 +247,12 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(train_def, tx):
+def make_train_step(train_def, tx, shardings=None):
+  """The jitted step ``(state, batch) -> (state, metrics)``.
+
+  ``shardings``: optional ``(state_shardings, batch_sharding)``; the step then
+  keeps the state where it is and returns replicated metrics.
+  """
   def loss_fn(params, model_state, batch):
     model = nnx.merge(train_def, params, model_state)
     logits = model(batch["image"])
@@ -234,7 +260,6 @@ def make_train_step(train_def, tx):
     _, new_model_state = nnx.split(model, nnx.Param, ...)[1:]
     return loss, (logits, nnx.as_pure(new_model_state))
 
-  @jax.jit
   def train_step(state: TrainState, batch):
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.model_state, batch)
@@ -245,7 +270,11 @@ def make_train_step(train_def, tx):
                "count": batch["label"].shape[0]}
     return TrainState(state.step + 1, params, model_state, opt_state), metrics
 
-  return train_step
+  if shardings is None:
+    return jax.jit(train_step)
+  state_shardings, batch_sharding = shardings
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, parallel.replicated(batch_sharding.mesh)))
 
 
 def make_eval_step(eval_def):
@@ -340,6 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   validate_config(config)
   workdir = _prepare_workdir(workdir)
   t_start = time.time()
+  parallel.initialize_distributed(config)  # no-op unless config.distributed
+  mesh = parallel.mesh_from_config(config)  # None unless config.mesh
 
   # --- data -------------------------------------------------------------------
   dcfg = config.get("data", ml_collections.ConfigDict())
@@ -362,10 +393,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lr_schedule = make_lr_schedule(config, steps_per_epoch, total_steps)
   algorithm = make_algorithm(config, lr_schedule, steps_per_epoch, total_steps)
   tx = make_optimizer(config, lr_schedule, algorithm)
-  state, train_def, eval_def = create_train_state(model, tx, algorithm.prepare_params)
+  shardings = None
+  if mesh is None:
+    state, train_def, eval_def = create_train_state(model, tx, algorithm.prepare_params)
+  else:
+    state, train_def, eval_def = create_train_state(
+        model, tx, algorithm.prepare_params, mesh=mesh, rules=parallel.rules_from_config(config),
+        indivisible=config.get("sharding_indivisible", "error"))
+    batch_sharding = parallel.batch_sharding(mesh)
+    parallel.process_batch_slice(batch_sharding, config.batch_size,  # checks divisibility
+                                 argname="config.batch_size")
+    shardings = (jax.tree.map(lambda x: x.sharding, state), batch_sharding)
   if init_state is not None:
     state = init_state(state)
-  train_step, eval_step = make_train_step(train_def, tx), make_eval_step(eval_def)
+    if shardings is not None:
+      state = jax.device_put(state, shardings[0])
+  train_step, eval_step = make_train_step(train_def, tx, shardings), make_eval_step(eval_def)
 
   # --- checkpoints -------------------------------------------------------------
   ccfg = config.get("checkpoint", ml_collections.ConfigDict())
@@ -381,9 +424,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- train --------------------------------------------------------------------
   stop_after = config.get("stop_after_steps", None)
-  batches = data_lib.train_batches(train_ds, batch_size=config.batch_size, seed=config.seed,
-                                   augment=bool(dcfg.get("augment", False)),
-                                   start_step=start_step)
+  if shardings is None:
+    batches = data_lib.train_batches(train_ds, batch_size=config.batch_size, seed=config.seed,
+                                     augment=bool(dcfg.get("augment", False)),
+                                     start_step=start_step)
+  else:  # this process's rows of each global batch, joined into global arrays
+    local_batches = parallel.process_train_batches(
+        train_ds, sharding=shardings[1], batch_size=config.batch_size, seed=config.seed,
+        augment=bool(dcfg.get("augment", False)), start_step=start_step)
+    batches = (parallel.make_global_batch(b, shardings[1], config.batch_size)
+               for b in local_batches)
   progress = report_lib.progress_bar(total_steps, start_step, enabled=config.get("progress_bar", True))
   acc = None
   epoch_t0 = time.time()

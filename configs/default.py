@@ -50,6 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=3))
   c.progress_bar = True
   c.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
+  # Remove zero channels from the final model (sparsejax.compact): report.json
+  # gains a "compaction" entry and workdir/compacted holds the smaller model.
+  c.compact = False
   # Sharded training (docs/scaling.md): e.g. --config.mesh=data=-1,model=2
   # --config.sharding_rules=model_parallel. None: one device, nothing sharded.
   c.mesh = ml_collections.FieldReference(None, field_type=str)

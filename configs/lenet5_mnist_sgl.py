@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=3))
   c.progress_bar = True
   c.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
+  c.compact = True  # report parameters/FLOPs after removing zero channels
 
   if "short" in variants:
     c.num_epochs = 20.0

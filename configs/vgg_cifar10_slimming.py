@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))
   c.progress_bar = True
   c.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
+  c.compact = True  # report parameters/FLOPs after removing zero channels
 
   total_epochs = {"full": 160.0, "cpu": 40.0, "smoke": 2.0}[size]
   if size == "cpu":

@@ -289,6 +289,25 @@ def make_eval_step(eval_def):
   return eval_step
 
 
+def _compact_final_model(config, eval_def, params, model_state, test_ds, workdir) -> dict:
+  """Removes the final model's dead channels (``config.compact``); the report entry.
+
+  The compacted model is saved to ``workdir/compacted`` (``scripts/eval.py``
+  loads it) and evaluated on the test set, so the report shows that removing
+  the channels changed nothing.
+  """
+  from sparsejax import compact as compact_lib  # heavy; only when asked for
+  model = nnx.merge(eval_def, params, model_state)
+  sample = next(data_lib.eval_batches(test_ds, batch_size=1))["image"]
+  small, entry = compact_lib.report(model, sample, save_dir=os.path.join(workdir, "compacted"),
+                                    name=config.model.name)
+  small_def, small_params, small_rest = nnx.split(small, nnx.Param, ...)
+  entry["test_accuracy"] = evaluate(make_eval_step(small_def), nnx.as_pure(small_params),
+                                    nnx.as_pure(small_rest), test_ds,
+                                    config.get("eval_batch_size", 1000))["accuracy"]
+  return entry
+
+
 def evaluate(eval_step, params, model_state, dataset, batch_size: int) -> dict:
   totals = None
   for batch in data_lib.eval_batches(dataset, batch_size=batch_size):
@@ -490,6 +509,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     extra["sparse_test_accuracy"] = evaluate(
         eval_step, sparse, state.model_state, test_ds, config.get("eval_batch_size", 1000))["accuracy"]
     extra["sparse_sparsity"] = _pruned_fraction(sparse)
+  if config.get("compact", False):
+    final_params = sparse if algorithm.eval_params else state.params
+    extra["compaction"] = _compact_final_model(
+        config, eval_def, jax.device_get(final_params), jax.device_get(state.model_state),
+        test_ds, workdir)
   report = report_lib.build_report(
       config=config, test=test_m, summary=summary, params=state.params,
       dataset_source=train_ds.source, steps=total_steps, steps_per_epoch=steps_per_epoch,

@@ -4,8 +4,10 @@ import glob
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import default as default_config
 from sparsejax import checkpoint as ckpt_lib
@@ -155,3 +157,18 @@ def test_default_config_variants():
   assert default_config.get_config("dense").algorithm.name == "none"
   with pytest.raises(ValueError, match="unknown variant"):
     default_config.get_config("huge")
+
+
+def test_compact_flag_saves_and_reports_the_compacted_model(data_dir, tmp_path):
+  from sparsejax import compact  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  report = train.train_and_evaluate(_config(data_dir, compact=True, num_epochs=2), workdir)
+  entry = report["compaction"]
+  # Removing dead channels must not change a single prediction.
+  assert entry["test_accuracy"] == report["test_accuracy"]
+  assert entry["params_before"] == sum(l["params"] for l in report["layers"])
+  loaded = compact.load(os.path.join(workdir, "compacted"))
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(loaded, nnx.Param))) == entry["params_after"]
+  assert entry["params_after"] <= entry["params_before"]
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert json.load(f)["compaction"]["params_after"] == entry["params_after"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 CONFIG ?= configs/default.py
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
 # Use the full datasets in ../shared/data when they are there and nothing else is set.
 ifeq ($(SPARSEJAX_DATA_DIR),)

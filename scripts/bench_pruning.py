@@ -72,7 +72,7 @@ def bench_step(repeats: int, batch_size: int = 128) -> None:
       times[name].append(time.perf_counter() - t)
   base = np.median(times["plain SGD"])
   print(f"\nLeNet-5 train step, batch {batch_size}, median of {repeats} interleaved repeats")
-  print(f"| variant | ms/step | ratio to plain SGD |\n|---|---|---|")
+  print("| variant | ms/step | ratio to plain SGD |\n|---|---|---|")
   for name in variants:
     med = np.median(times[name])
     print(f"| {name} | {1e3 * med:.2f} | {med / base:.3f} |")

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from sparsejax._util import concrete as _concrete
+
 __all__ = [
     "l1",
     "l0",
@@ -73,17 +75,6 @@ def _as_float(x: ArrayLike, name: str) -> tuple[jax.Array, np.dtype, np.dtype]:
   dtype = x.dtype
   cdtype = jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else dtype
   return x.astype(cdtype), dtype, cdtype
-
-
-def _concrete(v) -> np.ndarray | None:
-  """The value of ``v`` as a numpy array, or None when it is traced."""
-  if isinstance(v, jax.core.Tracer):
-    return None
-  try:
-    return np.asarray(v)
-  except (jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
-    return None
 
 
 def _describe(v: np.ndarray) -> str:

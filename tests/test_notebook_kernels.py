@@ -1,31 +1,8 @@
 """Executes notebooks/03_sparse_layers.ipynb on small settings and checks its numbers."""
 
-import json
-import os
-
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(name, timeout=600):
-  path = os.path.join(ROOT, "notebooks", name)
-  nb = nbformat.read(path, as_version=4)
-  env_backup = dict(os.environ)
-  os.environ["SPARSEJAX_NOTEBOOK_SMALL"] = "1"
-  try:
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(path)}}).execute()
-  finally:
-    os.environ.clear()
-    os.environ.update(env_backup)
-  text = [out["text"] for cell in nb.cells for out in cell.get("outputs", [])
-          if out.get("output_type") == "stream"]
-  lines = [l for l in "".join(text).splitlines() if l.startswith("RESULT ")]
-  assert lines, "the notebook printed no RESULT line"
-  return json.loads(lines[-1][len("RESULT "):])
+from test_notebooks import _run
 
 
 def test_sparse_layers_notebook():

@@ -142,7 +142,7 @@ def test_truncation_keeps_the_energy_rank(scheme, sigma, energy):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_step_lands_on_rank_r_and_leaves_the_rest_alone(scheme):
-  params, g = _params(), _grads(1)
+  params = _params()
   sgd = optax.sgd(0.1, momentum=0.9)
   tx = trp_chain(sgd, energy=0.6, nuclear=1e-2, scheme=scheme)
   state = tx.init(params)

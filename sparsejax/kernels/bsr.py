@@ -90,7 +90,7 @@ def bsr_matmul_reference(x: jax.Array, w: BlockSparse | BalancedBlockSparse) -> 
   """
   w = _as_block_sparse(w)
   x = _common.check_x(x, w.shape[0])
-  (K, N), (bk, bn), (nb, nc) = w.shape, w.block_shape, w.grid
+  (K, N), (bk, _), (nb, nc) = w.shape, w.block_shape, w.grid
   dtype = jnp.result_type(x, w.data)
   x2 = x.reshape(-1, K).astype(dtype)
   xb = x2.reshape(-1, nb, bk)[:, w.indices]                      # (B, nnz, bk)
@@ -136,7 +136,7 @@ def _prefetch_kernel(ptr_ref, rows_ref, cnt_ref, x_ref, d_ref, o_ref, acc_ref):
 
 
 def _pallas_prefetch(x2, data, indices, st: _Static, out_dtype):
-  (K, N), (bk, bn) = st.shape, st.block_shape
+  (_, N), (bk, bn) = st.shape, st.block_shape
   nc = N // bn
   counts = np.asarray(st.counts, np.int64)
   L = int(counts.max())

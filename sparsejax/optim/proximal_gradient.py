@@ -12,6 +12,7 @@ import optax
 from jax.typing import ArrayLike
 
 from sparsejax import tree as tree_lib
+from sparsejax._util import concrete as _concrete
 
 __all__ = ["ProximalState", "proximal", "proximal_from_config"]
 
@@ -21,16 +22,6 @@ ProxFn = Callable[[jax.Array, jax.Array], jax.Array]
 class ProximalState(NamedTuple):
   """State of :func:`proximal`."""
   count: jax.Array  # int32 scalar: number of updates seen.
-
-
-def _concrete(v) -> np.ndarray | None:
-  """The value of ``v`` as a numpy array, or None when it is traced."""
-  if isinstance(v, jax.core.Tracer):
-    return None
-  try:
-    return np.asarray(v)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
 
 
 def _check_nonnegative(name: str, value: Any, *, strict: bool = False) -> None:

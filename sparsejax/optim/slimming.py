@@ -37,6 +37,7 @@ from jax.typing import ArrayLike
 from sparsejax import prox as prox_lib
 from sparsejax import tree as tree_lib
 from sparsejax.optim._state import find_states
+from sparsejax._util import concrete as _concrete
 
 __all__ = [
     "NetworkSlimmingState",
@@ -83,15 +84,6 @@ class ChannelMaskState(NamedTuple):
 
 # ---------------------------------------------------------------------------
 # Argument checks (concrete values only; traced hyperparameters pass through).
-
-
-def _concrete(v) -> np.ndarray | None:
-  if isinstance(v, jax.core.Tracer):
-    return None
-  try:
-    return np.asarray(v)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
 
 
 def _check_number(name: str, v, *, low: float | None = None, high: float | None = None,

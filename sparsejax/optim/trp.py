@@ -94,6 +94,7 @@ from jax.typing import ArrayLike
 from sparsejax import prox as prox_lib
 from sparsejax import tree as tree_lib
 from sparsejax.optim._state import find_states
+from sparsejax._util import concrete as _concrete
 
 __all__ = [
     "SCHEMES",
@@ -213,15 +214,6 @@ def from_matrix(matrix: ArrayLike, shape: Sequence[int], scheme: str = "channel"
 # ---------------------------------------------------------------------------
 # Argument checks.
 # ---------------------------------------------------------------------------
-
-
-def _concrete(v) -> np.ndarray | None:
-  if isinstance(v, jax.core.Tracer):
-    return None
-  try:
-    return np.asarray(v)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
 
 
 def _check_real(name: str, value, *, low: float, high: float | None = None,

@@ -289,18 +289,18 @@ def make_eval_step(eval_def):
   return eval_step
 
 
-def _compact_final_model(config, eval_def, params, model_state, test_ds, workdir) -> dict:
+def _compact_final_model(config, eval_def, params, model_state, test_ds,
+                         save_dir: str | None) -> dict:
   """Removes the final model's dead channels (``config.compact``); the report entry.
 
-  The compacted model is saved to ``workdir/compacted`` (``scripts/eval.py``
-  loads it) and evaluated on the test set, so the report shows that removing
-  the channels changed nothing.
+  The compacted model is saved to ``save_dir`` (``workdir/compacted`` on the
+  first process; ``scripts/eval.py`` loads it) and evaluated on the test set,
+  so the report shows that removing the channels changed nothing.
   """
   from sparsejax import compact as compact_lib  # heavy; only when asked for
   model = nnx.merge(eval_def, params, model_state)
   sample = next(data_lib.eval_batches(test_ds, batch_size=1))["image"]
-  small, entry = compact_lib.report(model, sample, save_dir=os.path.join(workdir, "compacted"),
-                                    name=config.model.name)
+  small, entry = compact_lib.report(model, sample, save_dir=save_dir, name=config.model.name)
   small_def, small_params, small_rest = nnx.split(small, nnx.Param, ...)
   entry["test_accuracy"] = evaluate(make_eval_step(small_def), nnx.as_pure(small_params),
                                     nnx.as_pure(small_rest), test_ds,
@@ -327,7 +327,7 @@ def _prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(str(workdir)))
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
+    probe = os.path.join(workdir, f".write_probe{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -338,11 +338,16 @@ def _prepare_workdir(workdir: str) -> str:
 
 
 class MetricsWriter:
-  """Appends JSON lines to ``metrics.jsonl``; on resume drops lines past ``step``."""
+  """Appends JSON lines to ``metrics.jsonl``; on resume drops lines past ``step``.
 
-  def __init__(self, workdir: str, resume_step: int):
+  With ``enabled=False`` (every process but the first of a multi-host run)
+  it writes nothing.
+  """
+
+  def __init__(self, workdir: str, resume_step: int, *, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(self.path):
+    self.enabled = enabled
+    if enabled and os.path.exists(self.path):
       with open(self.path) as f:
         lines = [l for l in f if l.strip()]
       kept = [l for l in lines if json.loads(l).get("step", 0) <= resume_step]
@@ -350,6 +355,8 @@ class MetricsWriter:
         f.writelines(kept)
 
   def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
@@ -389,6 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   workdir = _prepare_workdir(workdir)
   t_start = time.time()
   parallel.initialize_distributed(config)  # no-op unless config.distributed
+  is_main = jax.process_index() == 0  # only the first process writes metrics and reports
   mesh = parallel.mesh_from_config(config)  # None unless config.mesh
 
   # --- data -------------------------------------------------------------------
@@ -438,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = restored
     logging.info("resumed from step %d", int(state.step))
   start_step = int(state.step)
-  writer = MetricsWriter(workdir, start_step)
+  writer = MetricsWriter(workdir, start_step, enabled=is_main)
   ckpt_every = int(ccfg.get("every_steps", 0) or steps_per_epoch)
 
   # --- train --------------------------------------------------------------------
@@ -513,11 +521,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     final_params = sparse if algorithm.eval_params else state.params
     extra["compaction"] = _compact_final_model(
         config, eval_def, jax.device_get(final_params), jax.device_get(state.model_state),
-        test_ds, workdir)
+        test_ds, os.path.join(workdir, "compacted") if is_main else None)
   report = report_lib.build_report(
       config=config, test=test_m, summary=summary, params=state.params,
       dataset_source=train_ds.source, steps=total_steps, steps_per_epoch=steps_per_epoch,
       epoch_seconds=epoch_times, wall_seconds=time.time() - t_start,
       extra=extra)
-  report_lib.write_report(workdir, report, summary)
+  if is_main:
+    report_lib.write_report(workdir, report, summary)
   return report

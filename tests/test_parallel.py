@@ -374,3 +374,70 @@ def test_trainer_with_mesh_resumes_on_another_mesh(sharded):
   assert r["metrics_steps"] == [20]
   assert "describe 3 devices, but there are 8" in r["bad_mesh_error"]
   assert "config.batch_size=36 must be divisible by the 8 batch shards" in r["bad_batch_error"]
+
+
+# ----------------------------------------------------------------------------
+# Two processes (jax.distributed on this machine, 4 fake devices each)
+# ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_load_their_rows_and_match_one_process(tmp_path):
+  import multihost_check as mh  # pylint: disable=import-outside-toplevel
+  from sparsejax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from sparsejax import train  # pylint: disable=import-outside-toplevel
+  from test_train import _fake_mnist  # pylint: disable=import-outside-toplevel
+  _fake_mnist(str(tmp_path), n_train=320, n_test=40)
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_check.py"), str(i),
+                             str(port), str(tmp_path), str(tmp_path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n\n".join(l[-3000:] for l in logs)
+
+  # The reference: one process, one device, the whole batch.
+  ds = data_lib.load("mnist", "train", data_dir=str(tmp_path))
+  tx = mh.make_tx()
+  state, train_def, _ = train.create_train_state(mh.make_model(), tx)
+  step = train.make_train_step(train_def, tx)
+  batches = data_lib.train_batches(ds, batch_size=mh.BATCH, seed=mh.SEED)
+  labels = []
+  for _ in range(mh.STEPS):
+    b = next(batches)
+    labels.append(np.asarray(b["label"]))
+    state, _ = step(state, b)
+  labels = np.stack(labels)
+  ref = {f"params/{k}": v for k, v in mh.flat(state.params).items()}
+  masks = optim.find_states(state.opt_state, optim.MagnitudePruningState)[0].masks
+  ref.update({f"masks/{k}": v for k, v in mh.flat(masks).items()})
+  assert sum(int(np.sum(~v)) for k, v in ref.items() if k.startswith("masks/")) > 0
+
+  # The trainer: both processes agree; only the first wrote metrics and the report.
+  reports = [json.load(open(tmp_path / f"report_{i}.json")) for i in range(2)]
+  assert reports[0] == reports[1]
+  lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [10]
+  with open(tmp_path / "run" / "report.json") as f:
+    assert json.load(f)["params_sha256"] == reports[0]["params_sha256"]
+
+  r0, r1 = np.load(tmp_path / "rows_0.npz"), np.load(tmp_path / "rows_1.npz")
+  for mesh in ("data8", "data4_model2"):
+    # Each process fed its own half of every global batch; together the whole batch.
+    assert r0[mesh].shape == (mh.STEPS, mh.BATCH // 2)
+    np.testing.assert_array_equal(np.concatenate([r0[mesh], r1[mesh]], axis=1), labels)
+    got = np.load(tmp_path / f"{mesh}.npz")
+    assert sorted(got.files) == sorted(ref)
+    for k, want in ref.items():
+      if k.startswith("masks/"):
+        np.testing.assert_array_equal(got[k], want, err_msg=f"{mesh} {k}")
+      else:
+        scale = max(float(np.max(np.abs(want))), 1e-12)
+        assert float(np.max(np.abs(got[k] - want))) <= TOL * scale, (mesh, k)

@@ -340,17 +340,21 @@ def _prepare_workdir(workdir: str) -> str:
 class MetricsWriter:
   """Appends JSON lines to ``metrics.jsonl``; on resume drops lines past ``step``.
 
-  With ``enabled=False`` (every process but the first of a multi-host run)
-  it writes nothing.
+  ``epoch_seconds`` holds the epoch times of the kept lines, so that a resumed
+  run reports the time per epoch of the whole run. With ``enabled=False``
+  (every process but the first of a multi-host run) it writes nothing.
   """
 
   def __init__(self, workdir: str, resume_step: int, *, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled
+    self.epoch_seconds: list[float] = []
     if enabled and os.path.exists(self.path):
       with open(self.path) as f:
         lines = [l for l in f if l.strip()]
       kept = [l for l in lines if json.loads(l).get("step", 0) <= resume_step]
+      self.epoch_seconds = [float(json.loads(l)["epoch_seconds"]) for l in kept
+                            if "epoch_seconds" in json.loads(l)]
       with open(self.path, "w") as f:
         f.writelines(kept)
 
@@ -464,7 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = report_lib.progress_bar(total_steps, start_step, enabled=config.get("progress_bar", True))
   acc = None
   epoch_t0 = time.time()
-  epoch_times = []
+  epoch_times = list(writer.epoch_seconds)  # earlier epochs of a resumed run
   step = start_step
   while step < total_steps:
     batch = next(batches)

@@ -92,8 +92,14 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
   assert resumed["params_sha256"] == full["params_sha256"]
   assert resumed["test_accuracy"] == full["test_accuracy"]
   # metrics.jsonl has each epoch once, as in the uninterrupted run.
-  steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "metrics.jsonl")]
-  assert steps == [20, 40, 60, 80]
+  lines = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [20, 40, 60, 80]
+  # The time per epoch covers the epochs before the interruption too, and a
+  # finished run opened again still reports it.
+  expected = float(np.median([l["epoch_seconds"] for l in lines][1:]))
+  assert resumed["seconds_per_epoch"] == pytest.approx(expected)
+  again = train.train_and_evaluate(cfg, str(tmp_path / "b"))
+  assert again["seconds_per_epoch"] == pytest.approx(expected)
 
 
 def _corrupt_step(workdir, step):

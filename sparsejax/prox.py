@@ -182,18 +182,62 @@ def _hard(x, lam):
   return jnp.where(jnp.abs(x) > jnp.sqrt(2.0 * lam), x, jnp.zeros_like(x))
 
 
+# The closed forms of l1/2 and transformed l1 are trigonometric solutions of
+# the cubic 4y^3 - 3y + k = 0 (triple-angle identity, 0 <= k <= 1). XLA's CPU
+# backend evaluates arcsin/arccos/pow one element at a time (~10 ns each), so
+# the roots are found with four Newton steps from close seeds instead: pure
+# multiply-add-divide, vectorised, and converged to rounding in float32 and
+# float64 (checked against the trigonometric form on a fine grid of k).
+_NEWTON_STEPS = 4
+
+
+def _safe_sqrt(v):
+  """sqrt(max(v, 0)) whose gradient is 0, not NaN, at and below 0."""
+  pos = v > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1.0)), 0.0)
+
+
+def _cubic_largest_root(k):
+  """Largest root of 4y^3 - 3y + k = 0 for 0 <= k <= 1/sqrt(2): cos(phi'/3), cos(phi') = -k.
+
+  The root lies in [cos(pi/4), cos(pi/6)], where the derivative is >= 3; the
+  seed is the chord between the two ends.
+  """
+  y = math.cos(math.pi / 6.0) - (math.cos(math.pi / 6.0) - math.cos(math.pi / 4.0)) * k * math.sqrt(2.0)
+  for _ in range(_NEWTON_STEPS):
+    y = y - ((4.0 * y * y - 3.0) * y + k) / (12.0 * y * y - 3.0)
+  return y
+
+
+def _cubic_middle_root(k):
+  """Middle root of 4y^3 - 3y + k = 0 for 0 <= k <= 1: sin(arcsin(k)/3), in [0, 1/2].
+
+  Solved for e = 1/2 - y, which satisfies e^2 (6 - 4e) = 1 - k, so that the
+  double root at k = 1 (y = 1/2, e = 0) keeps its relative accuracy.
+  Seeds: the Taylor series y ~ k/3 + 0.0494 k^3 for k < 0.8, the double-root
+  expansion e ~ sqrt((1 - k)/6) above.
+  """
+  d = 1.0 - k
+  e = jnp.where(k < 0.8, 0.5 - k / 3.0 - 0.0494 * k * k * k, _safe_sqrt(d / 6.0))
+  for _ in range(_NEWTON_STEPS):
+    slope = 12.0 * e * (1.0 - e)
+    ok = slope > 0
+    e = jnp.where(ok, e - (e * e * (6.0 - 4.0 * e) - d) / jnp.where(ok, slope, 1.0), e)
+  return 0.5 - e
+
+
 @jax.jit
 def _half(x, lam):
   ax = jnp.abs(x)
-  t = 1.5 * lam ** (2.0 / 3.0)
-  keep = ax > t
-  # Substitute a value that keeps the unused branch finite (arg <= 1/4).
-  ax_safe = jnp.where(keep, ax, 2.0 * t + 1.0)
-  arg = (lam / 4.0) * (ax_safe / 3.0) ** (-1.5)
-  # theta = pi/2 - phi with phi = arccos(arg); arg <= 1/sqrt(2) on the branch.
-  theta = jnp.arcsin(jnp.clip(arg, 0.0, math.sqrt(0.5)))
-  z = (2.0 / 3.0) * x * (1.0 + jnp.cos(math.pi / 3.0 + (2.0 / 3.0) * theta))
-  return jnp.where(keep, z, jnp.zeros_like(x))
+  # |x| > t = 1.5 lam^(2/3)  <=>  (2|x|/3)^3 > lam^2 (no fractional power).
+  q = (2.0 / 3.0) * ax
+  keep = q * q * q > lam * lam
+  # k = (lam/4)(|x|/3)^(-3/2) <= 1/sqrt(2) on the branch; 0 elsewhere.
+  r = jnp.where(keep, ax, 1.0) / 3.0
+  k = jnp.where(keep, (lam / 4.0) / (r * jnp.sqrt(r)), 0.0)
+  k = jnp.clip(k, 0.0, math.sqrt(0.5))
+  w = _cubic_largest_root(k)  # w = cos(phi'/3); 1 + cos(2 phi'/3) = 2 w^2
+  return jnp.where(keep, (4.0 / 3.0) * x * w * w, jnp.zeros_like(x))
 
 
 def _tl1_threshold(lam, a):
@@ -207,16 +251,15 @@ def _tl1_threshold(lam, a):
 def _tl1(x, lam, a):
   ax = jnp.abs(x)
   keep = ax > _tl1_threshold(lam, a)
-  # eps = 1 - cos(phi) with phi from the closed form; eps / 2 = sin^2(phi / 2).
-  # eps is finite (a + |x| >= a > 0); off the branch (and at lam = 0, phi = 0)
-  # a dummy value keeps arcsin and sqrt away from their singular points.
-  eps = 27.0 * lam * a * (a + 1.0) / (2.0 * (a + ax) ** 3)
-  pos = keep & (eps > 0)
-  half_sin = jnp.sqrt(jnp.minimum(jnp.where(pos, eps, 1.0) / 2.0, 1.0))
-  phi = jnp.where(pos, 2.0 * jnp.arcsin(half_sin), 0.0)
+  # sin(phi/2) with phi from the closed form; in [0, 1] on the branch. Off
+  # the branch a dummy 0 keeps every step finite.
+  b = a + ax
+  k = _safe_sqrt(jnp.minimum(27.0 * lam * a * (a + 1.0) / (4.0 * b * b * b), 1.0))
+  k = jnp.where(keep, k, 0.0)
+  v = _cubic_middle_root(k)  # v = sin(phi/6)
   # (2/3)(a+|x|)cos(phi/3) - 2a/3 + |x|/3 rewritten with
   # cos(phi/3) = 1 - 2 sin^2(phi/6): no cancellation of the a-terms.
-  mag = ax - (4.0 / 3.0) * (a + ax) * jnp.sin(phi / 6.0) ** 2
+  mag = ax - (4.0 / 3.0) * b * v * v
   return jnp.where(keep, jnp.sign(x) * mag, jnp.zeros_like(x))
 
 
@@ -281,9 +324,10 @@ def lhalf(x: ArrayLike, lam: ArrayLike) -> jax.Array:
 
   At :math:`|x| = t` the objective ties between :math:`z = 0` and
   :math:`z = \tfrac23 x` (the map jumps there); this map returns **0**.
-  Computed as :math:`\tfrac23 x(1 + \cos(\pi/3 + \tfrac23\theta))`,
-  :math:`\theta = \arcsin(\tfrac{\lambda}{4}(|x|/3)^{-3/2})`, which is the same
-  expression with :math:`\theta = \pi/2 - \varphi`.
+  Evaluated without inverse trigonometric functions (slow on XLA's CPU
+  backend): :math:`z = \tfrac43 x\,w^2` with :math:`w = \cos((\pi-\varphi)/3)`
+  the largest root of :math:`4w^3 - 3w + \cos\varphi = 0`, found by Newton
+  steps that converge to rounding in float32 and float64.
 
   Args:
     x: array of any floating dtype.
@@ -316,8 +360,11 @@ def tl1(x: ArrayLike, lam: ArrayLike, a: ArrayLike = 1.0) -> jax.Array:
     \varphi = \arccos\Bigl(1 - \frac{27\lambda a(a+1)}{2(a+|x|)^3}\Bigr).
 
   It is evaluated in the algebraically equal, cancellation-free form
-  :math:`|x| - \tfrac43(a+|x|)\sin^2(\varphi/6)` with
-  :math:`\varphi = 2\arcsin\sqrt{27\lambda a(a+1)/(4(a+|x|)^3)}`.
+  :math:`|x| - \tfrac43(a+|x|)v^2` with :math:`v = \sin(\varphi/6)` the root
+  in :math:`[0, \tfrac12]` of :math:`4v^3 - 3v + \sin(\varphi/2) = 0`,
+  :math:`\sin(\varphi/2) = \sqrt{27\lambda a(a+1)/(4(a+|x|)^3)}`, found by
+  Newton steps (no inverse trigonometric functions, which are slow on XLA's
+  CPU backend).
   In the first regime the map is continuous; in the second it jumps at
   :math:`|x| = t`, where zero and a nonzero point tie: this map returns **0**.
 

@@ -173,6 +173,48 @@ def test_small_closed_form_values(name, x, lam, a, expected):
   np.testing.assert_allclose(z, expected, rtol=2e-6, atol=1e-6)
 
 
+def _paper_formula(name, x, lam, a):
+  """The trigonometric closed forms as printed (Xu et al.; Zhang & Xin), float64."""
+  ax = np.abs(x)
+  if name == "lhalf":
+    keep = ax > 1.5 * lam ** (2 / 3)
+    phi = np.arccos(np.clip(lam / 4 * (np.where(keep, ax, 1.0) / 3) ** -1.5, -1, 1))
+    return np.where(keep, 2 / 3 * x * (1 + np.cos(2 * np.pi / 3 - 2 / 3 * phi)), 0.0)
+  phi = np.arccos(np.clip(1 - 27 * lam * a * (a + 1) / (2 * (a + ax) ** 3), -1, 1))
+  return np.where(ax > _threshold("tl1", lam, a), np.sign(x) * (
+      2 / 3 * (a + ax) * np.cos(phi / 3) - 2 * a / 3 + ax / 3), 0.0)
+
+
+@pytest.mark.parametrize("name,lam,a", [
+    ("lhalf", 1e-3, None), ("lhalf", 0.3, None), ("lhalf", 5.0, None),
+    ("tl1", 0.01, 1.0), ("tl1", 2.0, 0.5),
+    # lam = a^2 / (2(a+1)): the regime boundary, where the cubic behind the
+    # closed form has a double root at the threshold.
+    ("tl1", 0.25, 1.0), ("tl1", 0.25 * (1 + 1e-9), 1.0),
+])
+def test_newton_roots_match_trigonometric_closed_form_float64(name, lam, a):
+  # The maps solve the closed forms' cubic by Newton steps; on a fine grid
+  # (thresholds included) they must agree with the printed formulas to
+  # float64 rounding, and to float32 rounding in float32.
+  with jax.enable_x64(True):
+    t = _threshold(name, lam, a)
+    x = np.concatenate([np.linspace(-3 * t - 1, 3 * t + 1, 100001),
+                        t * (1 + np.logspace(-15, 0, 400))])
+    expected = _paper_formula(name, x, lam, a)
+    z = np.asarray(_apply(name, jnp.asarray(x), lam, a))
+    # At a double root a rounding of the input moves the root by ~sqrt(eps):
+    # both forms are only that accurate there (z itself is ~1e-8 at x ~ t).
+    double_root = name == "tl1" and abs(lam - a * a / (2 * (a + 1))) < 1e-6
+    atol = 1e-7 if double_root else 1e-12
+    np.testing.assert_allclose(z, expected, rtol=1e-12, atol=atol)
+  x32 = x.astype(np.float32)
+  keep = np.abs(np.abs(x32.astype(np.float64)) - t) > 1e-5 * (t + 1)  # away from the jump
+  z32 = np.asarray(_apply(name, jnp.asarray(x32), lam, a), np.float64)
+  expected32 = _paper_formula(name, x32.astype(np.float64), lam, a)
+  atol32 = 2e-5 if double_root else 2e-6  # sqrt(float32 eps) conditioning, as above
+  np.testing.assert_allclose(z32[keep], expected32[keep], rtol=2e-6, atol=atol32)
+
+
 def test_l1_subgradient_inclusion():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(50,)) * 2

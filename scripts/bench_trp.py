@@ -83,7 +83,15 @@ def _config(variant: str, args) -> ml_collections.ConfigDict:
   c.seed = args.seed
   if variant != "dense":
     c.algorithm.cut = args.cut
+    c.algorithm.energy = args.energy
   return c
+
+
+def _run_name(variant: str, args) -> str:
+  """Work-directory / row name: the variant, plus the energy when not the default 0.9."""
+  if variant == "dense" or args.energy == 0.9:
+    return variant
+  return f"{variant}_e{args.energy:g}"
 
 
 def _model(c, state) -> nnx.Module:
@@ -134,9 +142,12 @@ def bench_accuracy(args) -> list[dict]:
   os.makedirs(args.workdir, exist_ok=True)
   rows, exported = [], {}
   sample = jnp.zeros((1, 32, 32, 3), jnp.float32)
-  for variant in VARIANTS:
+  for variant in args.variants.split(","):
+    if variant not in VARIANTS:
+      raise ValueError(f"--variants: unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     c = _config(variant, args)
-    workdir = os.path.join(args.workdir, variant)
+    name = _run_name(variant, args)
+    workdir = os.path.join(args.workdir, name)
     t0 = time.time()
     report = train.train_and_evaluate(c, workdir)
     seconds = time.time() - t0
@@ -144,15 +155,15 @@ def bench_accuracy(args) -> list[dict]:
     model = _model(c, state)
     before = compact.count(model, sample)
     conv_before = sum(l.flops for l in before.layers if l.name != "fc")
-    row = dict(variant=variant, acc_trained=report["test_accuracy"], seconds=seconds,
+    row = dict(variant=name, scheme=variant, acc_trained=report["test_accuracy"], seconds=seconds,
                params_before=before.params, conv_flops_before=conv_before)
     if variant == "dense":
-      exported[variant] = model
+      exported[name] = model
       row.update(acc_exported=report["test_accuracy"], params_after=before.params,
                  conv_flops_after=conv_before, ranks={})
     else:
       new, rep = lowrank.export(model, sample, scheme=variant, cut=args.cut)
-      exported[variant] = new
+      exported[name] = new
       row.update(acc_exported=_accuracy(new, _test_set(c), c.eval_batch_size),
                  acc_cut_params=report.get("sparse_test_accuracy"),
                  params_after=rep["params_after"], conv_flops_after=rep["conv_flops_after"],
@@ -171,18 +182,19 @@ def bench_accuracy(args) -> list[dict]:
   print(f"\nResNet-20 (widths {_widths(args.width)}) on {args.train_subset} CIFAR-10 training "
         f"images, {args.epochs:g} epochs, batch {args.batch_size}, SGD momentum 0.9, lr 0.1 "
         f"x0.1 at {81 / 164:.0%} and {122 / 164:.0%} of training, wd 1e-4, augmentation; TRP "
-        f"energy 0.9, nuclear 3e-4, period 1, decomposition cut {args.cut:g} "
+        f"energy {args.energy:g}, nuclear 3e-4, period 1, decomposition cut {args.cut:g} "
         f"({jax.devices()[0].platform})")
   print(f"| variant | acc. as trained | acc. exported | params | conv MACs | conv FLOPs "
         f"reduction | latency b1 (ms) | latency b{args.latency_batch} (ms) | paper: acc. "
         f"/ FLOPs red. |\n|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    pa, pf = PAPER[r["variant"]]
+    pa, pf = PAPER[r["scheme"]]
     print(f"| {r['variant']} | {r['acc_trained']:.4f} | {r['acc_exported']:.4f} | "
           f"{r['params_after']:,} ({r['params_ratio']:.2f}x) | {r['conv_flops_after']:,} | "
           f"{r['conv_flops_ratio']:.2f}x | {r['latency_ms_b1']:.2f} | "
           f"{r[f'latency_ms_b{args.latency_batch}']:.1f} | {pa:.2f}% / {pf:.2f}x |")
-  with open(os.path.join(args.workdir, "bench_trp.json"), "w") as f:
+  suffix = "" if args.energy == 0.9 else f"_e{args.energy:g}"
+  with open(os.path.join(args.workdir, f"bench_trp{suffix}.json"), "w") as f:
     json.dump({"args": vars(args), "rows": rows}, f, indent=2)
   return rows
 
@@ -240,6 +252,11 @@ def main():
   parser.add_argument("--width", type=float, default=1.0, help="fraction of ResNet-20's widths")
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--cut", type=float, default=0.05, help="decomposition singular-value cut")
+  parser.add_argument("--energy", type=float, default=0.9,
+                      help="TRP training energy (the paper's 0.9; an older version of the "
+                           "authors' training loop hard-codes 0.99)")
+  parser.add_argument("--variants", default=",".join(VARIANTS),
+                      help="comma-separated subset of " + ", ".join(VARIANTS))
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=20, help="timed repeats per variant")
   parser.add_argument("--latency-batch", type=int, default=128)

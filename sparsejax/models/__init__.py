@@ -1,4 +1,4 @@
-"""Flax NNX models of the sparsity literature: LeNets, CIFAR VGG and ResNet.
+"""Flax NNX models of the sparsity literature: LeNets, CIFAR VGG and ResNet, DARTS cells.
 
 Every model maps NHWC float images to logits ``(batch, num_classes)`` and
 exposes ``model.config``, its constructor keyword arguments except ``rngs``, so
@@ -14,6 +14,7 @@ from typing import Any
 
 from flax import nnx
 
+from sparsejax.models.darts import DARTS_V2, PRIMITIVES, DartsEvalNet, Genotype, parse_genotype
 from sparsejax.models.lenet import LeNet300100, LeNet5
 from sparsejax.models.resnet import BasicBlock, ConvBN, ResNetCIFAR, option_a_shortcut
 from sparsejax.models.vgg import VGG, VGG_CONFIGS, ConvBNReLU
@@ -30,10 +31,15 @@ __all__ = [
     "BasicBlock",
     "ConvBN",
     "option_a_shortcut",
+    "DartsEvalNet",
+    "Genotype",
+    "DARTS_V2",
+    "PRIMITIVES",
+    "parse_genotype",
 ]
 
 MODELS = ("lenet300_100", "lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20",
-          "resnet32", "resnet56", "resnet110")
+          "resnet32", "resnet56", "resnet110", "darts_eval")
 
 _RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
 
@@ -47,7 +53,9 @@ def get_model(name: str, *, num_classes: int = 10, rngs: nnx.Rngs, **kwargs: Any
     rngs: ``nnx.Rngs`` for the initialisers.
     **kwargs: forwarded to the constructor, e.g. ``widths=``, ``in_channels=``,
       ``input_size=``, ``block_widths=``. For VGG names ``widths`` replaces the
-      preset configuration; for ResNet names ``depth`` is fixed by the name.
+      preset configuration; for ResNet names ``depth`` is fixed by the name;
+      ``darts_eval`` takes ``genotype=`` (a genotype, dict, JSON text or the
+      path of a JSON file), ``num_cells=`` and ``widths=``.
 
   Returns:
     The freshly initialised model (in training mode if it has batch norm).
@@ -58,6 +66,8 @@ def get_model(name: str, *, num_classes: int = 10, rngs: nnx.Rngs, **kwargs: Any
     return LeNet300100(num_classes=num_classes, rngs=rngs, **kwargs)
   if name == "lenet5":
     return LeNet5(num_classes=num_classes, rngs=rngs, **kwargs)
+  if name == "darts_eval":
+    return DartsEvalNet(num_classes=num_classes, rngs=rngs, **kwargs)
   if name in VGG_CONFIGS:
     kwargs.setdefault("widths", VGG_CONFIGS[name])
     return VGG(num_classes=num_classes, rngs=rngs, **kwargs)

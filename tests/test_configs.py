@@ -16,6 +16,10 @@ CONFIG_VARIANTS = {
     "lenet300_mnist": ["", "dense", "smoke"],
     "cifar10_dense": ["resnet20", "vgg19,cpu", "resnet56,gmp", "vgg16,smoke,gmp", "resnet20,cpu"],
     "resnet_cifar10_trp": ["", "resnet32", "spatial", "dense", "cpu", "smoke", "resnet32,spatial,cpu"],
+    "darts_cifar10": ["", "second_order", "second_order,exact", "cpu", "smoke",
+                      "second_order,cpu"],
+    "rarts_cifar10": ["", "jacobi", "cpu", "smoke", "cpu,jacobi"],
+    "genotype_cifar10": ["", "cpu", "smoke"],
 }
 
 
@@ -29,8 +33,13 @@ def _config_modules():
 def test_config_validates(name):
   module = importlib.import_module(f"configs.{name}")
   assert module.__doc__ and "scripts/" in module.__doc__, "the docstring gives the launch command"
+  if getattr(module, "SEARCH_CONFIG", False):  # a scripts/search.py config
+    from sparsejax import search  # pylint: disable=import-outside-toplevel
+    validate = search.validate_config
+  else:
+    validate = train.validate_config
   for variant in CONFIG_VARIANTS.get(name, [""]):
-    train.validate_config(module.get_config(variant))
+    validate(module.get_config(variant))
 
 
 def test_cifar10_dense_bad_variant():

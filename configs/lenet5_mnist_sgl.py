@@ -21,7 +21,8 @@ Differences from the authors' run: sparsejax's LeNet-5 initialisation
 starting at the threshold of W_0 (``u_init="threshold"``; the authors' uniform
 [0, 1) start is ``--config.algorithm.u_init=uniform``).
 
-Full run: 200 epochs, about 37 minutes at ~11 s per epoch on 2 CPU cores.
+Full run: 200 epochs, about 1 h 45 min on 2 otherwise idle CPU cores (~32 s per epoch measured
+2026-11-24: 600 Adam steps of ~50 ms plus the test pass).
 
 Variants (comma-separated, at most one kind):
   ``l0`` (default), ``l1``, ``tl1``, ``lhalf``: the elementwise penalty on U.

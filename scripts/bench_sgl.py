@@ -1,12 +1,12 @@
 r"""LeNet-5 on MNIST: sparse group lasso (l0, l1, tl1, lhalf) vs dense vs magnitude pruning.
 
-Full run (the paper's 200 epochs for every variant; ~4 hours on 2 CPU cores,
-about 37 minutes per variant at ~11 s/epoch, six variants, plus ~1 minute of
-step timing):
+Full run (the paper's 200 epochs for every variant; ~10-11 hours on 2 idle
+CPU cores, about 1 h 45 min per variant at ~32 s/epoch, six variants, plus
+~1 minute of step timing):
 
   SPARSEJAX_DATA_DIR=/work/shared/data python scripts/bench_sgl.py --epochs 200
 
-Shortened (20 epochs, every epoch boundary scaled by 1/10; ~25 minutes):
+Shortened (20 epochs, every epoch boundary scaled by 1/10; ~1 hour):
 
   SPARSEJAX_DATA_DIR=/work/shared/data python scripts/bench_sgl.py --epochs 20
 

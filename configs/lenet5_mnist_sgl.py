@@ -28,7 +28,7 @@ Variants (comma-separated, at most one kind):
   ``l0`` (default), ``l1``, ``tl1``, ``lhalf``: the elementwise penalty on U.
   ``short``: a SHORTENED schedule, 20 epochs instead of 200 with every epoch
     boundary scaled by 1/10 (lr x0.1 at 4/8/12/16, beta growth every 4 epochs);
-    about 4 minutes on 2 CPU cores. Not the paper's recipe: its figures are
+    about 11 minutes on 2 idle CPU cores. Not the paper's recipe: its figures are
     lower-bound indications.
   ``smoke``: 2 epochs on a 3,000-image subset (test on 1,000), for tests.
 """

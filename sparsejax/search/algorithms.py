@@ -139,6 +139,15 @@ class SearchState(NamedTuple):
   val_weights_opt_state: Any = None
 
 
+def _train_val_grads(loss_fn, grads_fn, val_loss_fn, val_grads_fn):
+  """Gradient passes of L_train and L_val; one shared pass when no L_val is given."""
+  grads = _grads(loss_fn, grads_fn, "grads_fn")
+  if val_loss_fn is None and val_grads_fn is None:  # one loss for both halves
+    return grads, loss_fn, grads
+  val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
+  return grads, val_loss_fn, _grads(val_loss_fn, val_grads_fn, "val_grads_fn")
+
+
 def init_darts(weights: Any, alphas: Any, weights_tx: optax.GradientTransformation,
                alphas_tx: optax.GradientTransformation) -> SearchState:
   """The initial DARTS state."""
@@ -311,12 +320,7 @@ def darts_step(loss_fn: LossFn, weights_tx: optax.GradientTransformation,
   _check_positive("fd_epsilon", fd_epsilon)
   if order == 2:
     _check_xi(xi)
-  grads = _grads(loss_fn, grads_fn, "grads_fn")
-  if val_loss_fn is None and val_grads_fn is None:  # one loss for both halves
-    val_loss_fn, val_grads = loss_fn, grads
-  else:
-    val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
-    val_grads = _grads(val_loss_fn, val_grads_fn, "val_grads_fn")
+  grads, val_loss_fn, val_grads = _train_val_grads(loss_fn, grads_fn, val_loss_fn, val_grads_fn)
 
   def step(state: SearchState, train_batch: Any, val_batch: Any) -> tuple[SearchState, dict]:
     if order == 1:
@@ -389,12 +393,7 @@ def rarts_step(loss_fn: LossFn, weights_tx: optax.GradientTransformation,
     raise ValueError(f"alpha_update must be one of {ALPHA_UPDATES}, got "
                      f"alpha_update={alpha_update!r}")
   val_weights_tx = weights_tx if val_weights_tx is None else val_weights_tx
-  grads = _grads(loss_fn, grads_fn, "grads_fn")
-  if val_loss_fn is None and val_grads_fn is None:  # one loss for both halves
-    val_loss_fn, val_grads = loss_fn, grads
-  else:
-    val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
-    val_grads = _grads(val_loss_fn, val_grads_fn, "val_grads_fn")
+  grads, val_loss_fn, val_grads = _train_val_grads(loss_fn, grads_fn, val_loss_fn, val_grads_fn)
 
   def step(state: SearchState, train_batch: Any, val_batch: Any) -> tuple[SearchState, dict]:
     if state.val_weights is None:

@@ -260,7 +260,23 @@ def test_bsr_xla_larger_shapes(K, N, B, bs, density):
   _close(jax.jit(spk.bsr_matmul)(x, fb), x.astype(np.float64) @ np.where(bal_mask, w, 0))
 
 
-@pytest.mark.parametrize("batch_tile", [None, 64, 128])
+def test_bsr_xla_auto_batch_tile(monkeypatch):
+  monkeypatch.setattr(cpu_mod, "_num_streams", lambda: 2)
+  assert cpu_mod.auto_batch_tile(512, 32) == cpu_mod.BATCH_TILE      # narrow blocks: cache-sized tiles
+  assert cpu_mod.auto_batch_tile(512, 128) == 256                    # wide: one tile per stream
+  assert cpu_mod.auto_batch_tile(300, 64) == 152                     # ... a multiple of 8
+  assert cpu_mod.auto_batch_tile(100, 128) == cpu_mod.BATCH_TILE     # never below BATCH_TILE
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True, "big"])
+def test_bsr_xla_bad_batch_tile(bad):
+  f = spk.BlockSparse.from_dense(jnp.ones((32, 32)), np.ones((32, 32), bool), (16, 16))
+  with pytest.raises(ValueError, match="batch_tile"):
+    cpu_mod.bsr_matmul_xla(jnp.ones((4, 32)), f.data, f.indices, shape=f.shape,
+                           block_shape=(16, 16), counts=f.counts, batch_tile=bad)
+
+
+@pytest.mark.parametrize("batch_tile", [None, 64, 128, "auto"])
 def test_bsr_xla_batch_tiles_and_streams(batch_tile):
   # 300 rows: several tiles (padded), split into independent streams; values and gradients.
   rng = np.random.default_rng(13)

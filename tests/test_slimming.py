@@ -20,7 +20,8 @@ from sparsejax.optim import find_states
 from sparsejax.optim import slimming
 from sparsejax.optim.slimming import (ChannelMaskState, NetworkSlimmingState,
                                       SlimmingPenaltyState, channel_mask, network_slimming,
-                                      removable_channels, set_bn_scales, slimming_penalty)
+                                      apply_sparse_scales, removable_channels, set_bn_scales,
+                                      slimming_penalty)
 
 _REGISTRY = {
     "network_slimming": slimming.network_slimming_from_config,
@@ -502,6 +503,22 @@ def test_removable_channels_accepts_state_opt_state_and_xi():
     removable_channels((st, st))
 
 
+def test_apply_sparse_scales_zeroes_exactly_the_xi_zero_scales():
+  params = {"a": {"scale": jnp.asarray([0.3, -0.2, 1e-4]), "bias": jnp.asarray([1.0, 2.0, 3.0])},
+            "c": {"kernel": jnp.ones((2, 3))}}
+  xi = {"a": {"scale": jnp.asarray([0.0, 0.5, 0.0]), "bias": None}, "c": {"kernel": None}}
+  st = NetworkSlimmingState(count=jnp.zeros([], jnp.int32), xi=xi)
+  for x in (st, (optax.EmptyState(), st), xi):
+    got = jax.jit(apply_sparse_scales)(params, x)
+    np.testing.assert_array_equal(got["a"]["scale"], np.asarray([0.0, -0.2, 0.0], np.float32))
+    np.testing.assert_array_equal(got["a"]["bias"], params["a"]["bias"])
+    np.testing.assert_array_equal(got["c"]["kernel"], params["c"]["kernel"])
+  with pytest.raises(ValueError, match="2 NetworkSlimmingState"):
+    apply_sparse_scales(params, (st, st))
+  with pytest.raises(ValueError, match="structure of params"):
+    apply_sparse_scales(params, {"a": {"scale": jnp.zeros(3)}})
+
+
 def test_set_bn_scales():
   p = set_bn_scales(_params(), 0.25)
   np.testing.assert_array_equal(p["bn"]["scale"], 0.25)
@@ -662,6 +679,20 @@ def test_proximal_smoke_run_reports_removable_channels(registry, cifar_dir, tmp_
     assert rc["layers"][path]["indices"] == idx.tolist()
   assert rc["channels"] == 8 + 16 + 16 + 32
   assert rc["removable"] == sum(len(v) for v in want.values()) > 0
+  # The compacted model is the one with the xi = 0 scales zeroed: a channel goes exactly
+  # when its shift is <= 0 too (relu of a non-positive constant), a positive one stays.
+  flat = dict(tree_lib.leaves_with_paths(state.params))
+  widths = report["compaction"]["layer_widths"]
+  for path, idx in want.items():
+    shift = np.asarray(flat[path.replace("scale", "bias")])
+    dead = int(np.sum(shift[idx] <= 0))
+    n = shift.size
+    assert widths[path.replace("bn/scale", "conv")] == [n, max(n - dead, 1)], path
+  assert report["compaction"]["removed_channel_groups"] > 0
+  sparse = apply_sparse_scales(state.params, state.opt_state)
+  assert report["sparse_test_accuracy"] == pytest.approx(
+      pipelines.evaluate_state(c, state._replace(params=sparse))["accuracy"])
+  assert report["compaction"]["test_accuracy"] == pytest.approx(report["sparse_test_accuracy"])
 
 
 def test_pipeline_prunes_lowest_gamma_and_keeps_them_zero(registry, cifar_dir, tmp_path):

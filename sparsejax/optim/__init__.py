@@ -23,6 +23,7 @@ from sparsejax.optim.slimming import SlimmingPenaltyState
 from sparsejax.optim.slimming import channel_mask
 from sparsejax.optim.slimming import network_slimming
 from sparsejax.optim.slimming import removable_channels
+from sparsejax.optim.slimming import apply_sparse_scales
 from sparsejax.optim.slimming import set_bn_scales
 from sparsejax.optim.slimming import slimming_penalty
 from sparsejax.optim import trp
@@ -42,6 +43,7 @@ __all__ = [
     "channel_mask",
     "network_slimming",
     "removable_channels",
+    "apply_sparse_scales",
     "set_bn_scales",
     "slimming_penalty",
     "ProximalState",

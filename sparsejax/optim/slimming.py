@@ -49,6 +49,7 @@ __all__ = [
     "penalty_derivative",
     "channel_mask",
     "removable_channels",
+    "apply_sparse_scales",
     "set_bn_scales",
     "network_slimming_from_config",
     "slimming_penalty_from_config",
@@ -332,14 +333,7 @@ def removable_channels(x: Any) -> dict[str, np.ndarray]:
   Raises:
     ValueError: if ``x`` holds more than one :class:`NetworkSlimmingState`.
   """
-  if isinstance(x, NetworkSlimmingState):
-    xi = x.xi
-  else:
-    found = find_states(x, NetworkSlimmingState)
-    if len(found) > 1:
-      raise ValueError(f"x holds {len(found)} NetworkSlimmingState instances; pass one of "
-                       "them (see sparsejax.optim.find_states)")
-    xi = found[0].xi if found else x
+  xi = _xi_of(x)
   out = {}
   for path, leaf in tree_lib.leaves_with_paths(jax.device_get(xi)):
     a = np.asarray(leaf)
@@ -348,6 +342,47 @@ def removable_channels(x: Any) -> dict[str, np.ndarray]:
     zero = np.all(a.reshape(-1, a.shape[-1]) == 0, axis=0)
     out[path] = np.flatnonzero(zero)
   return out
+
+
+def apply_sparse_scales(params: Any, x: Any) -> Any:
+  r"""``params`` with every BN scale whose sparse copy :math:`\xi` is 0 set to exactly 0.
+
+  Proximal network slimming only pulls :math:`\gamma` towards :math:`\xi`, so
+  the trained scales of the channels it removes are small but not zero. This
+  gives the model the algorithm defines: those scales zeroed, every other
+  entry (BN shifts included) unchanged. A channel whose shift is also
+  non-positive then outputs exactly 0 after the ``relu`` and
+  :func:`sparsejax.compact.compact` removes it; one with a positive shift is a
+  constant channel and is kept. Jit-able (no host sync).
+
+  Args:
+    params: the trained parameters.
+    x: a :class:`NetworkSlimmingState`, an optimizer state holding exactly one
+      (as for :func:`removable_channels`), or the :math:`\xi` pytree itself.
+
+  Returns:
+    ``params`` with the selected scales replaced by ``where(xi == 0, 0, gamma)``.
+
+  Raises:
+    ValueError: ``x`` holds more than one :class:`NetworkSlimmingState`, or
+      none and is not a :math:`\xi` pytree matching ``params``.
+  """
+  xi = _xi_of(x)
+  try:
+    return jax.tree.map(lambda p, z: p if z is None else jnp.where(z == 0, jnp.zeros_like(p), p),
+                        params, xi, is_leaf=lambda v: v is None)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"x must hold a xi pytree with the structure of params; got {e}") from None
+
+
+def _xi_of(x: Any) -> Any:
+  if isinstance(x, NetworkSlimmingState):
+    return x.xi
+  found = find_states(x, NetworkSlimmingState)
+  if len(found) > 1:
+    raise ValueError(f"x holds {len(found)} NetworkSlimmingState instances; pass one of "
+                     "them (see sparsejax.optim.find_states)")
+  return found[0].xi if found else x
 
 
 def set_bn_scales(params: Any, value: float = 0.5, *,
@@ -694,7 +729,10 @@ def network_slimming_from_config(cfg, ctx):
   initialisation) and ``filter_regex`` (a regex ANDed with
   :func:`sparsejax.tree.bn_scales`: the scales that get a ξ). The
   proximal weight follows ``ctx["lr_schedule"]``. The report gains
-  ``removable_channels`` (channels with :math:`\\xi = 0` per layer).
+  ``removable_channels`` (channels with :math:`\\xi = 0` per layer) and, through
+  ``eval_params`` = :func:`apply_sparse_scales`, the accuracy of the model with
+  those scales zeroed (``sparse_test_accuracy``), which is also the model a
+  run with ``config.compact`` compacts.
   """
   from sparsejax import train  # pylint: disable=import-outside-toplevel
   filter_fn = _bn_filter_from_config(cfg)
@@ -712,7 +750,7 @@ def network_slimming_from_config(cfg, ctx):
     return {"removable_channels": _channel_report(per_layer, sizes, "removable")}
 
   return train.Algorithm(after=(tx,), prepare_params=_prepare_from_config(cfg),
-                         report=report)
+                         report=report, eval_params=apply_sparse_scales)
 
 
 def slimming_penalty_from_config(cfg, ctx):

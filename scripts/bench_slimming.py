@@ -20,6 +20,11 @@ variant, with the flags' overrides), same total epochs for all:
     global |γ| threshold, ``--epochs``/2 epochs of fine-tuning. By default the
     pruned fraction equals the fraction proximal slimming removed (equal
     channels removed; ``--prune-fraction`` sets it instead).
+The last column is each run's own compaction (``report.json``'s ``compaction``):
+for proximal slimming that is the model with the ξ = 0 scales zeroed
+(:func:`sparsejax.optim.slimming.apply_sparse_scales`), which loses a channel
+exactly when its shift is ≤ 0 as well (a positive shift makes it a constant
+channel, which compaction keeps); for the classic pipelines the fine-tuned model.
 Each run goes to ``--workdir/<method>`` and resumes if re-run; the summary is
 ``--workdir/bench_slimming.json``.
 
@@ -112,6 +117,7 @@ def bench_accuracy(args) -> list[dict]:
                      removed=rc["removable"], channels=rc["channels"],
                      acc_trained=report["test_accuracy"], acc_pruned=deleted["accuracy"],
                      acc_gamma_zeroed=gamma0["accuracy"], acc_final=deleted["accuracy"],
+                     **_compacted(report),
                      per_layer={p: l["removable"] for p, l in rc["layers"].items()},
                      seconds=time.time() - t0))
   fraction = args.prune_fraction
@@ -133,20 +139,34 @@ def bench_accuracy(args) -> list[dict]:
                      acc_trained=result["train"]["test_accuracy"],
                      acc_pruned=result["pruned_test_accuracy"], acc_gamma_zeroed=None,
                      acc_final=result["test_accuracy"],
+                     **_compacted(result["finetune"] or {}),
                      per_layer={p: len(v) for p, v in result["pruned"].items()},
                      seconds=time.time() - t0))
   print(f"\nVGG-19 at width x{args.width:g} on {args.train_subset} CIFAR-10 training images, "
         f"batch {args.batch_size}, {args.epochs:g} epochs in all per method")
   print("| method | epochs | channels removed | acc. as trained | acc. channels deleted "
-        "| acc. γ zeroed only | final acc. |\n|---|---|---|---|---|---|---|")
+        "| acc. γ zeroed only | final acc. | compacted: channels removed, acc., MACs ratio |"
+        "\n|---|---|---|---|---|---|---|---|")
   for r in rows:
     g0 = "–" if r["acc_gamma_zeroed"] is None else f"{r['acc_gamma_zeroed']:.4f}"
+    comp = ("–" if r.get("compacted_removed") is None else
+            f"{r['compacted_removed']} ({r['compacted_removed'] / r['channels']:.1%}), "
+            f"{r['acc_compacted']:.4f}, {r['compacted_flops_ratio']:.2f}x")
     print(f"| {r['method']} | {r['epochs']} | {r['removed']}/{r['channels']} "
           f"({r['removed'] / r['channels']:.1%}) | {r['acc_trained']:.4f} | {r['acc_pruned']:.4f} "
-          f"| {g0} | {r['acc_final']:.4f} |")
+          f"| {g0} | {r['acc_final']:.4f} | {comp} |")
   with open(os.path.join(args.workdir, "bench_slimming.json"), "w") as f:
     json.dump({"args": vars(args), "rows": rows}, f, indent=2)
   return rows
+
+
+def _compacted(report: dict) -> dict:
+  """The run's own compaction (``config.compact``): channels removed exactly, accuracy, MACs ratio."""
+  c = report.get("compaction")
+  if not c:
+    return {}
+  return {"compacted_removed": c["removed_channel_groups"], "acc_compacted": c["test_accuracy"],
+          "compacted_flops_ratio": c["flops_ratio"]}
 
 
 def bench_step(args) -> None:

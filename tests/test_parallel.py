@@ -28,6 +28,10 @@ from sparsejax import tree as tree_lib
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {"data": 4, "model": 2}
 TOL = 2e-5  # relative; sharded reductions only reorder float sums
+# TRP truncates with a float32 SVD at every step: reordered sums move the singular vectors by
+# about eps * |W| / gap, which 5 steps carry into every entry (3.3e-5 seen on a 2-core AMD
+# EPYC host). A wrong sharded SVD (of a local shard, say) is off by O(1).
+TOL_BY_TRANSFORM = {"trained_rank_pruning": 1e-4}
 
 
 # ----------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def test_sharded_steps_equal_unsharded_steps(sharded, name, mesh):
   got = r[mesh]
   assert got["step"] == 5
   for part in ("params", "model_state", "opt_state"):
-    _close(got[part])
+    _close(got[part], TOL_BY_TRANSFORM.get(name, TOL))
   # The comparison is not vacuous: the reference state is partly sparse / low rank.
   for field, (z, n) in r["reference_zeros"].items():
     if field == "ranks":

@@ -177,9 +177,7 @@ def bsr_matmul_xla(x: jax.Array, data: jax.Array, indices: jax.Array, *,
   x = x.astype(dtype)
   data = data.astype(dtype)
   plan = _plan(tuple(counts))
-  if isinstance(batch_tile, str):
-    if batch_tile != "auto":
-      raise ValueError(f"batch_tile must be a positive int, None or 'auto', got {batch_tile!r}")
+  if isinstance(batch_tile, str) and batch_tile == "auto":
     batch_tile = auto_batch_tile(B, bn)
   elif batch_tile is not None and (not isinstance(batch_tile, (int, np.integer))
                                    or isinstance(batch_tile, bool) or batch_tile < 1):

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsejax.models.lenet import _check_positive_int, _check_widths
+from sparsejax.models.lenet import _check_nhwc, _check_positive_int, _check_widths, _config_dict
 from sparsejax.models.vgg import _check_momentum
 
 __all__ = [
@@ -493,9 +493,7 @@ class DartsEvalNet(nnx.Module):
   @property
   def config(self) -> dict[str, Any]:
     """Constructor keyword arguments (all but ``rngs``) as a fresh dict."""
-    cfg = dict(self._config)
-    cfg["widths"] = list(cfg["widths"])
-    return cfg
+    return _config_dict(self._config)
 
   @property
   def genotype(self) -> Genotype:
@@ -503,10 +501,7 @@ class DartsEvalNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps NHWC images ``(batch, height, width, in_channels)`` to logits."""
-    if x.ndim != 4 or x.shape[-1] != self.in_channels:
-      raise ValueError(
-          f"x must have shape (batch, height, width, {self.in_channels}) (NHWC, "
-          f"in_channels={self.in_channels}), got {x.shape}")
+    _check_nhwc(x, self.in_channels)
     s0 = s1 = self.stem(x)
     for cell in self.cells:
       s0, s1 = s1, cell(s0, s1)

@@ -47,6 +47,25 @@ def _check_hw(name: str, value: Any) -> tuple[int, int]:
   return (s, s)
 
 
+
+def _config_dict(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+  """A model's ``config``: a fresh dict of its constructor arguments, sequences as lists."""
+  return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in pairs}
+
+
+def _check_nhwc(x: jax.Array, in_channels: int, hw: tuple[int, int] | None = None) -> None:
+  """Raises ``ValueError`` unless ``x`` is a batch of NHWC images of the model's shape."""
+  if hw is not None:
+    expected = (*hw, in_channels)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+      raise ValueError(
+          f"x must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
+          f"(NHWC, from input_size and in_channels), got {x.shape}")
+  elif x.ndim != 4 or x.shape[-1] != in_channels:
+    raise ValueError(
+        f"x must have shape (batch, height, width, {in_channels}) (NHWC, "
+        f"in_channels={in_channels}), got {x.shape}")
+
 class LeNet300100(nnx.Module):
   """LeNet-300-100: flatten -> dense 300 -> relu -> dense 100 -> relu -> dense.
 
@@ -75,9 +94,7 @@ class LeNet300100(nnx.Module):
   @property
   def config(self) -> dict[str, Any]:
     """Constructor keyword arguments (all but ``rngs``) as a fresh dict."""
-    cfg = dict(self._config)
-    cfg["widths"] = list(cfg["widths"])
-    return cfg
+    return _config_dict(self._config)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps inputs ``(batch, ...)`` with ``in_features`` elements each to logits."""
@@ -144,19 +161,11 @@ class LeNet5(nnx.Module):
   @property
   def config(self) -> dict[str, Any]:
     """Constructor keyword arguments (all but ``rngs``) as a fresh dict."""
-    cfg = dict(self._config)
-    cfg["widths"] = list(cfg["widths"])
-    if isinstance(cfg["input_size"], tuple):
-      cfg["input_size"] = list(cfg["input_size"])
-    return cfg
+    return _config_dict(self._config)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps NHWC images ``(batch, *input_size, in_channels)`` to logits."""
-    expected = (*self.input_hw, self.in_channels)
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-      raise ValueError(
-          f"x must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-          f"(NHWC, from input_size and in_channels), got {x.shape}")
+    _check_nhwc(x, self.in_channels, self.input_hw)
     x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))
     x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
     x = jnp.reshape(x, (x.shape[0], -1))

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsejax.models.lenet import _check_positive_int, _check_widths
+from sparsejax.models.lenet import _check_nhwc, _check_positive_int, _check_widths, _config_dict
 from sparsejax.models.vgg import _check_momentum
 
 __all__ = ["option_a_shortcut", "ConvBN", "BasicBlock", "ResNetCIFAR"]
@@ -179,18 +179,11 @@ class ResNetCIFAR(nnx.Module):
   @property
   def config(self) -> dict[str, Any]:
     """Constructor keyword arguments (all but ``rngs``) as a fresh dict."""
-    cfg = dict(self._config)
-    cfg["widths"] = list(cfg["widths"])
-    if cfg["block_widths"] is not None:
-      cfg["block_widths"] = list(cfg["block_widths"])
-    return cfg
+    return _config_dict(self._config)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps NHWC images ``(batch, height, width, in_channels)`` to logits."""
-    if x.ndim != 4 or x.shape[-1] != self.in_channels:
-      raise ValueError(
-          f"x must have shape (batch, height, width, {self.in_channels}) (NHWC, "
-          f"in_channels={self.in_channels}), got {x.shape}")
+    _check_nhwc(x, self.in_channels)
     x = nnx.relu(self.stem(x))
     for block in self.blocks:
       x = block(x)

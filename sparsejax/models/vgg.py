@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparsejax.models.lenet import _check_hw, _check_positive_int
+from sparsejax.models.lenet import _check_hw, _check_nhwc, _check_positive_int, _config_dict
 
 __all__ = ["VGG_CONFIGS", "ConvBNReLU", "VGG"]
 
@@ -154,19 +154,11 @@ class VGG(nnx.Module):
   @property
   def config(self) -> dict[str, Any]:
     """Constructor keyword arguments (all but ``rngs``) as a fresh dict."""
-    cfg = dict(self._config)
-    cfg["widths"] = list(cfg["widths"])
-    if isinstance(cfg["input_size"], tuple):
-      cfg["input_size"] = list(cfg["input_size"])
-    return cfg
+    return _config_dict(self._config)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps NHWC images ``(batch, *input_size, in_channels)`` to logits."""
-    expected = (*self.input_hw, self.in_channels)
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-      raise ValueError(
-          f"x must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-          f"(NHWC, from input_size and in_channels), got {x.shape}")
+    _check_nhwc(x, self.in_channels, self.input_hw)
     i = 0
     for item in self.cfg:
       if item == "M":

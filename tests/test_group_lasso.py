@@ -17,6 +17,7 @@ from sparsejax.optim import find_states
 from sparsejax.optim.group_lasso import (
     KINDS, SparseGroupLassoState, group_axis, sgl_report, sparse_group_lasso,
     sparse_group_lasso_from_config, sparse_params)
+from optax_contract import multisteps_and_reference
 
 LAM, BETA0, N, A = 0.1, 2.5, 7.0, 0.8
 
@@ -311,17 +312,8 @@ def test_inject_hyperparams():
 
 def test_multisteps_counts_optimizer_steps():
   inner = optax.chain(_tx(growth_every=1), optax.sgd(0.05))
-  tx = optax.MultiSteps(inner, every_k_schedule=2)
   grads = [_grads(t) for t in range(4)]
-  p, state = _params(), tx.init(_params())
-  for g in grads:
-    u, state = tx.update(g, state, p)
-    p = optax.apply_updates(p, u)
-  q, ref = _params(), inner.init(_params())
-  for a, b in ((0, 1), (2, 3)):
-    mean = jax.tree.map(lambda x, y: (x + y) / 2, grads[a], grads[b])
-    u, ref = inner.update(mean, ref, q)
-    q = optax.apply_updates(q, u)
+  p, state, q = multisteps_and_reference(inner, _params(), grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p, q)
   st = find_states(state, SparseGroupLassoState)[0]
   assert int(st.count) == 2

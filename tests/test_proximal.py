@@ -13,6 +13,7 @@ from flax import nnx
 from sparsejax import prox
 from sparsejax.optim import find_states
 from sparsejax.optim.proximal_gradient import ProximalState, proximal, proximal_from_config
+from optax_contract import multisteps_and_reference
 
 
 def _orthonormal(n, d, seed):
@@ -199,17 +200,8 @@ def test_inject_hyperparams():
 def test_multisteps_counts_optimizer_steps():
   sched = lambda t: 0.2 / (1.0 + t)
   inner = optax.chain(optax.sgd(sched), proximal(prox.l0, 0.5, sched))
-  tx = optax.MultiSteps(inner, every_k_schedule=2)
   grads = [_grads(t) for t in range(4)]
-  p, state = _params(), tx.init(_params())
-  for g in grads:
-    u, state = tx.update(g, state, p)
-    p = optax.apply_updates(p, u)
-  q, ref = _params(), inner.init(_params())
-  for a, b in ((0, 1), (2, 3)):
-    mean = jax.tree.map(lambda x, y: (x + y) / 2, grads[a], grads[b])
-    u, ref = inner.update(mean, ref, q)
-    q = optax.apply_updates(q, u)
+  p, state, q = multisteps_and_reference(inner, _params(), grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p, q)
   assert int(find_states(state, ProximalState)[0].count) == 2
 

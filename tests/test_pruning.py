@@ -12,6 +12,7 @@ from flax import nnx
 from sparsejax import masks as masks_lib
 from sparsejax import schedules
 from sparsejax.optim import MagnitudePruningState, find_states, magnitude_pruning
+from optax_contract import multisteps_and_reference
 
 
 def _params(seed=0):
@@ -163,19 +164,8 @@ def test_multisteps_counts_optimizer_steps():
   params = _params()
   inner = optax.chain(optax.sgd(0.1), magnitude_pruning(0.5, begin_step=1, end_step=1,
                                                         update_every=1))
-  tx = optax.MultiSteps(inner, every_k_schedule=2)
-  state = tx.init(params)
   grads = [_grads(t) for t in range(4)]
-  p = params
-  for g in grads:
-    u, state = tx.update(g, state, p)
-    p = optax.apply_updates(p, u)
-  # Reference: the inner chain applied to the mean of each pair of micro-batches.
-  ref_state, q = inner.init(params), params
-  for a, b in ((0, 1), (2, 3)):
-    mean = jax.tree.map(lambda x, y: (x + y) / 2, grads[a], grads[b])
-    u, ref_state = inner.update(mean, ref_state, q)
-    q = optax.apply_updates(q, u)
+  p, state, q = multisteps_and_reference(inner, params, grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p, q)
   assert int(find_states(state, MagnitudePruningState)[0].count) == 2
   assert float(np.mean(np.asarray(p["dense"]["kernel"]) == 0)) == 0.5

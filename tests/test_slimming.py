@@ -22,6 +22,7 @@ from sparsejax.optim.slimming import (ChannelMaskState, NetworkSlimmingState,
                                       SlimmingPenaltyState, channel_mask, network_slimming,
                                       apply_sparse_scales, removable_channels, set_bn_scales,
                                       slimming_penalty)
+from optax_contract import multisteps_and_reference
 
 _REGISTRY = {
     "network_slimming": slimming.network_slimming_from_config,
@@ -415,18 +416,8 @@ def test_multisteps_counts_optimizer_steps(name):
   make, state_type = _transforms()[name]
   inner = optax.chain(optax.sgd(0.1), make()) if name != "slimming_penalty" else \
       optax.chain(make(), optax.sgd(0.1))
-  tx = optax.MultiSteps(inner, every_k_schedule=2)
   grads = [_grads(t) for t in range(4)]
-  p, state = _params(), tx.init(_params())
-  update = jax.jit(tx.update)
-  for g in grads:
-    u, state = update(g, state, p)
-    p = optax.apply_updates(p, u)
-  q, ref_state = _params(), inner.init(_params())
-  for a, b in ((0, 1), (2, 3)):
-    mean = jax.tree.map(lambda x, y: (x + y) / 2, grads[a], grads[b])
-    u, ref_state = inner.update(mean, ref_state, q)
-    q = optax.apply_updates(q, u)
+  p, state, q = multisteps_and_reference(inner, _params(), grads, jit=True)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p, q)
   assert int(find_states(state, state_type)[0].count) == 2
 

@@ -16,6 +16,7 @@ from sparsejax.optim import trp
 from sparsejax.optim.trp import (NuclearSubgradientState, TrainedRankPruningState,
                                  add_nuclear_subgradient, low_rank_params,
                                  trained_rank_pruning, trp_chain)
+from optax_contract import multisteps_and_reference
 
 SCHEMES = ("channel", "spatial")
 
@@ -334,20 +335,8 @@ def test_inject_hyperparams():
 def test_multisteps_counts_optimizer_steps():
   params = _params()
   inner = trp_chain(optax.sgd(0.1), energy=0.7, nuclear=0.01, period=2)
-  tx = optax.MultiSteps(inner, every_k_schedule=2)
-  state = tx.init(params)
   grads = [_grads(t) for t in range(8)]
-  p = params
-  update = jax.jit(tx.update)
-  for g in grads:
-    u, state = update(g, state, p)
-    p = optax.apply_updates(p, u)
-  ref_state, q = inner.init(params), params
-  ref_update = jax.jit(inner.update)
-  for a in range(0, 8, 2):
-    mean = jax.tree.map(lambda x, y: (x + y) / 2, grads[a], grads[a + 1])
-    u, ref_state = ref_update(mean, ref_state, q)
-    q = optax.apply_updates(q, u)
+  p, state, q = multisteps_and_reference(inner, params, grads, jit=True)
   # MultiSteps averages with a running mean: float rounding differs slightly.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), p, q)
   assert int(find_states(state, TrainedRankPruningState)[0].count) == 4

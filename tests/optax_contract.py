@@ -1,0 +1,32 @@
+"""Shared pieces of the Optax contract tests run on every sparsejax transform."""
+
+import jax
+import optax
+
+
+def multisteps_and_reference(inner: optax.GradientTransformation, params, grads: list, k: int = 2,
+                             jit: bool = False):
+  """``optax.MultiSteps(inner, k)`` over ``grads``, and what it must equal.
+
+  The reference applies ``inner`` once per ``k`` consecutive micro-batch
+  gradients, to their mean. A transform that counts micro-batches instead of
+  optimizer steps, or keeps state across the accumulation, makes the two differ.
+
+  Returns:
+    ``(params after MultiSteps, MultiSteps's final state, params of the reference)``.
+  """
+  if len(grads) % k:
+    raise ValueError(f"len(grads)={len(grads)} must be a multiple of k={k}")
+  tx = optax.MultiSteps(inner, every_k_schedule=k)
+  update = jax.jit(tx.update) if jit else tx.update
+  ref_update = jax.jit(inner.update) if jit else inner.update
+  p, state = params, tx.init(params)
+  for g in grads:
+    u, state = update(g, state, p)
+    p = optax.apply_updates(p, u)
+  q, ref_state = params, inner.init(params)
+  for a in range(0, len(grads), k):
+    mean = jax.tree.map(lambda *xs: sum(xs) / k, *grads[a:a + k])
+    u, ref_state = ref_update(mean, ref_state, q)
+    q = optax.apply_updates(q, u)
+  return p, state, q

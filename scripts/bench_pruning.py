@@ -55,21 +55,8 @@ def bench_step(repeats: int, batch_size: int = 128) -> None:
       "GMP, mask-update step (global)": optax.chain(sgd, magnitude_pruning(
           0.9, begin_step=0, end_step=10**8, update_every=1, distribution="global")),
   }
-  steps, states = {}, {}
-  for name, tx in variants.items():
-    model = models.get_model("lenet5", rngs=nnx.Rngs(0))
-    state, train_def, _ = train.create_train_state(model, tx)
-    steps[name] = train.make_train_step(train_def, tx)
-    states[name] = state
-    for _ in range(3):  # compile and warm up
-      states[name], _ = steps[name](states[name], batch)
-  times = {name: [] for name in variants}
-  for _ in range(repeats):
-    for name in variants:
-      t = time.perf_counter()
-      states[name], m = steps[name](states[name], batch)
-      jax.block_until_ready((states[name].params, m))
-      times[name].append(time.perf_counter() - t)
+  times, _ = train.time_train_steps(
+      variants, lambda: models.get_model("lenet5", rngs=nnx.Rngs(0)), batch, repeats)
   base = np.median(times["plain SGD"])
   print(f"\nLeNet-5 train step, batch {batch_size}, median of {repeats} interleaved repeats")
   print("| variant | ms/step | ratio to plain SGD |\n|---|---|---|")

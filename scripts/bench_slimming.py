@@ -188,21 +188,9 @@ def bench_step(args) -> None:
           if tree_lib.bn_scales(p, leaf)}
   variants["channel_mask, half the channels (last)"] = optax.chain(
       sgd(), slimming.channel_mask(half))
-  steps, states = {}, {}
-  for name, tx in variants.items():
-    m = models.get_model("vgg19", widths=_widths(args.width), rngs=nnx.Rngs(0))
-    state, train_def, _ = train.create_train_state(m, tx, slimming.set_bn_scales)
-    steps[name] = train.make_train_step(train_def, tx)
-    for _ in range(3):  # compile and warm up
-      state, _ = steps[name](state, batch)
-    states[name] = state
-  times = {name: [] for name in variants}
-  for _ in range(args.repeats):
-    for name in variants:
-      t = time.perf_counter()
-      states[name], metrics = steps[name](states[name], batch)
-      jax.block_until_ready((states[name].params, metrics))
-      times[name].append(time.perf_counter() - t)
+  times, _ = train.time_train_steps(
+      variants, lambda: models.get_model("vgg19", widths=_widths(args.width), rngs=nnx.Rngs(0)),
+      batch, args.repeats, prepare_params=slimming.set_bn_scales)
   base = np.median(times["plain SGD"])
   print(f"\nVGG-19 at width x{args.width:g}, batch {b}, train step, median of {args.repeats} "
         f"interleaved repeats ({jax.devices()[0].platform})")

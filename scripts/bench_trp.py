@@ -212,23 +212,9 @@ def bench_step(args) -> dict[str, float]:
       "truncation only, channel (1 SVD pass)": optax.chain(
           sgd(), trp.trained_rank_pruning(scheme="channel")),
   }
-  steps, states = {}, {}
-  for name, tx in variants.items():
-    m = models.get_model("resnet20", widths=_widths(args.width), rngs=nnx.Rngs(0))
-    state, train_def, _ = train.create_train_state(m, tx)
-    steps[name] = train.make_train_step(train_def, tx)
-    for _ in range(2):  # compile and warm up
-      state, metrics = steps[name](state, batch)
-      jax.block_until_ready((state.params, metrics))
-    states[name] = state
-    print(f"compiled: {name}", flush=True)
-  times = {name: [] for name in variants}
-  for _ in range(args.repeats):
-    for name in variants:
-      t = time.perf_counter()
-      states[name], metrics = steps[name](states[name], batch)
-      jax.block_until_ready((states[name].params, metrics))
-      times[name].append(time.perf_counter() - t)
+  times, _ = train.time_train_steps(
+      variants, lambda: models.get_model("resnet20", widths=_widths(args.width), rngs=nnx.Rngs(0)),
+      batch, args.repeats, warmup=2, verbose=True)
   base = float(np.median(times["plain SGD"]))
   print(f"\nResNet-20 (widths {_widths(args.width)}), batch {b}, train step, median of "
         f"{args.repeats} interleaved repeats ({jax.devices()[0].platform}, "

@@ -50,6 +50,7 @@ __all__ = [
     "make_lr_schedule",
     "make_optimizer",
     "create_train_state",
+    "time_train_steps",
 ]
 
 
@@ -288,6 +289,50 @@ def make_eval_step(eval_def):
             "count": batch["label"].shape[0]}
   return eval_step
 
+
+def time_train_steps(variants: dict, make_model, batch, repeats: int, *, warmup: int = 3,
+                     prepare_params=None, verbose: bool = False) -> tuple[dict, dict]:
+  """Seconds per train step of each optimizer in ``variants``, timed round robin.
+
+  Every variant trains its own fresh ``make_model()`` on the same ``batch``;
+  after ``warmup`` compiled steps each, the variants take turns, one step per
+  turn for ``repeats`` rounds, so a change of machine load hits all of them
+  alike and their ratios stay meaningful on a shared machine.
+
+  Args:
+    variants: ``{name: optax.GradientTransformation}``.
+    make_model: builds the (identical) NNX model for each variant.
+    batch: ``{"image": ..., "label": ...}``, reused for every step.
+    repeats: timed steps per variant (at least 1).
+    warmup: untimed steps per variant before timing (compilation included).
+    prepare_params: passed to :func:`create_train_state`.
+    verbose: print a line as each variant finishes compiling.
+
+  Returns:
+    ``({name: [seconds per timed step]}, {name: final TrainState})``.
+  """
+  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+  if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+    raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+  steps, states = {}, {}
+  for name, tx in variants.items():
+    state, train_def, _ = create_train_state(make_model(), tx, prepare_params)
+    steps[name] = make_train_step(train_def, tx)
+    for _ in range(warmup):
+      state, metrics = steps[name](state, batch)
+      jax.block_until_ready((state.params, metrics))
+    states[name] = state
+    if verbose:
+      print(f"compiled: {name}", flush=True)
+  times = {name: [] for name in variants}
+  for _ in range(repeats):
+    for name in variants:
+      t = time.perf_counter()
+      states[name], metrics = steps[name](states[name], batch)
+      jax.block_until_ready((states[name].params, metrics))
+      times[name].append(time.perf_counter() - t)
+  return times, states
 
 def _compact_final_model(config, eval_def, params, model_state, test_ds,
                          save_dir: str | None) -> dict:

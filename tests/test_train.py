@@ -178,3 +178,28 @@ def test_compact_flag_saves_and_reports_the_compacted_model(data_dir, tmp_path):
   assert entry["params_after"] <= entry["params_before"]
   with open(os.path.join(workdir, "report.json")) as f:
     assert json.load(f)["compaction"]["params_after"] == entry["params_after"]
+
+
+def test_time_train_steps_threads_each_variants_state():
+  import optax
+  from sparsejax import models
+  make = lambda: models.LeNet300100(widths=(8, 4), in_features=12, rngs=nnx.Rngs(0))  # noqa: E731
+  rng = np.random.default_rng(0)
+  batch = {"image": jax.numpy.asarray(rng.normal(size=(5, 12)), jax.numpy.float32),
+           "label": jax.numpy.asarray(rng.integers(0, 10, size=5), jax.numpy.int32)}
+  variants = {"sgd": optax.sgd(0.1), "frozen": optax.sgd(0.0)}
+  times, states = train.time_train_steps(variants, make, batch, repeats=3, warmup=2)
+  assert list(times) == ["sgd", "frozen"] and all(len(t) == 3 for t in times.values())
+  assert all(t > 0 for v in times.values() for t in v)
+  # The same 5 steps taken by hand.
+  state, train_def, _ = train.create_train_state(make(), variants["sgd"])
+  step = train.make_train_step(train_def, variants["sgd"])
+  for _ in range(5):
+    state, _ = step(state, batch)
+  assert int(states["sgd"].step) == int(state.step) == 5
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), states["sgd"].params,
+               state.params)
+  start, _, _ = train.create_train_state(make(), variants["frozen"])
+  jax.tree.map(np.testing.assert_array_equal, states["frozen"].params, start.params)
+  with pytest.raises(ValueError, match="repeats must be a positive int, got 0"):
+    train.time_train_steps(variants, make, batch, repeats=0)

@@ -77,12 +77,17 @@ class Algorithm(NamedTuple):
       sparse parameters an algorithm keeps beside the trained ones (e.g. the
       group lasso's U); the report then adds their ``sparse_test_accuracy``
       and ``sparse_sparsity``.
+    epoch_metrics: optional ``(params, opt_state) -> dict[str, float]`` of
+      host-side numbers added to every epoch's line in ``metrics.jsonl`` and
+      to the printed progress (e.g. the group lasso's sparsity of U and of W
+      measured the authors' way), so that a long run's trajectory is on disk.
   """
   before: tuple = ()
   after: tuple = ()
   prepare_params: Any = None
   report: Any = None
   eval_params: Any = None
+  epoch_metrics: Any = None
 
 
 def _algorithm_none(cfg, ctx):
@@ -537,11 +542,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           "sparsity": _pruned_fraction(state.params),
           "lr": float(lr_schedule(step - 1)), "epoch_seconds": epoch_times[-1],
       }
+      extra_m = ({k: float(v) for k, v in algorithm.epoch_metrics(state.params, state.opt_state).items()}
+                 if algorithm.epoch_metrics else {})
+      record.update(extra_m)
       writer.write(record)
       progress.write(
           f"epoch {record['epoch']:6.2f}  train loss {record['train_loss']:.4f} "
           f"acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
-          f"sparsity {record['sparsity']:.3f}  ({epoch_times[-1]:.1f}s)")
+          f"sparsity {record['sparsity']:.3f}"
+          + "".join(f"  {k} {v:.4f}" for k, v in extra_m.items())
+          + f"  ({epoch_times[-1]:.1f}s)")
       epoch_t0 = time.time()
     if step % ckpt_every == 0 or step == total_steps:
       manager.save(step, state)

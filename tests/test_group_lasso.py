@@ -1,6 +1,7 @@
 """Nonconvex sparse group lasso: hand-computed steps, zero groups, the Optax contract."""
 
 import glob
+import json
 import math
 import os
 
@@ -454,6 +455,13 @@ def test_trainer_smoke_run(tmp_path, monkeypatch):
   # The trainer also evaluated U (exact zeros) through Algorithm.eval_params.
   u_kernel_params = sum(l["params"] for l in report["layers"] if l["prunable"])
   assert report["sparse_sparsity"] == pytest.approx(sgl["u_zeros"] / u_kernel_params)
+  # Every epoch's metrics line carries both sparsities; the last one is the
+  # state the report describes.
+  lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [10, 20, 30]
+  assert lines[-1]["u_sparsity"] == pytest.approx(sgl["u_sparsity"])
+  assert lines[-1]["w_sparsity_authors"] == pytest.approx(sgl["w_sparsity_authors"])
+  assert lines[-1]["u_sparsity"] != lines[-1]["sparsity"]  # U's exact zeros are not W's
   assert 0.0 <= report["sparse_test_accuracy"] <= 1.0
   assert glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
   assert math.isfinite(report["test_loss"])

@@ -491,7 +491,8 @@ def sparse_group_lasso_from_config(cfg, ctx):
   Returns:
     ``train.Algorithm(before=(tx,), report=...)``; the report adds
     ``"sgl": sgl_report(...)`` (U sparsity and zero groups, W the authors'
-    way, β per layer).
+    way, β per layer), and every epoch's metrics line gains ``u_sparsity``
+    and ``w_sparsity_authors``.
   """
   from sparsejax import train  # pylint: disable=import-outside-toplevel
   n = cfg.get("num_examples", None) or ctx.get("num_train_examples")
@@ -519,5 +520,9 @@ def sparse_group_lasso_from_config(cfg, ctx):
   def report(params, opt_state):
     return {"sgl": sgl_report(opt_state, params, dense_group=dense_group)}
 
-  return train.Algorithm(before=(tx,), report=report,
+  def epoch_metrics(params, opt_state):
+    rep = sgl_report(opt_state, params, dense_group=dense_group)
+    return {"u_sparsity": rep["u_sparsity"], "w_sparsity_authors": rep["w_sparsity_authors"]}
+
+  return train.Algorithm(before=(tx,), report=report, epoch_metrics=epoch_metrics,
                          eval_params=lambda params, opt_state: sparse_params(opt_state, params))

@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Remove zero channels from the final model (sparsejax.compact): report.json
   # gains a "compaction" entry and workdir/compacted holds the smaller model.
   c.compact = False
+  # With compact: round every shrunk width up to a multiple of this (keeping some
+  # all-zero channels; 8 suits XLA's CPU convolutions, see docs/compaction.md).
+  c.compact_multiple_of = 1
   # Sharded training (docs/scaling.md): e.g. --config.mesh=data=-1,model=2
   # --config.sharding_rules=model_parallel. None: one device, nothing sharded.
   c.mesh = ml_collections.FieldReference(None, field_type=str)

@@ -3,6 +3,7 @@ r"""CPU inference latency of dense vs compacted models, next to the FLOPs ratio.
   python scripts/bench_compact.py                      # VGG-19 and ResNet-20, 30/50/70%
   python scripts/bench_compact.py --models resnet20 --fractions 0.5 --repeats 5
   python scripts/bench_compact.py --compacted runs/vgg_prox/compacted   # a real run
+  python scripts/bench_compact.py --models resnet20 --multiple_of 1,8  # also widths rounded to 8
 
 Where the channels come from (printed with the table):
   * ``--compacted DIR``: a model saved by a run with ``config.compact = True``
@@ -119,9 +120,13 @@ def main() -> None:
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--compacted", default=None,
                   help="a saved compacted model (sparsejax.compact.save) instead of masks")
+  ap.add_argument("--multiple_of", default="1",
+                  help="comma list: compact once per value with compact(..., multiple_of=m), "
+                       "which rounds every shrunk width up to a multiple of m")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
   batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  multiples = [int(m) for m in args.multiple_of.split(",")]
   rows = []
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"{os.cpu_count()} CPU(s) visible", flush=True)
@@ -143,11 +148,15 @@ def main() -> None:
       for frac in (float(f) for f in args.fractions.split(",")):
         masked = nnx.clone(dense)
         zero_channel_fraction(masked, x1, frac, method=args.method, seed=args.seed)
-        t = time.time()
-        small = cp.compact(masked, x1)
-        print(f"{name}: compacted {frac:.0%} in {time.time() - t:.1f}s", flush=True)
-        cases.append((name, f"{frac:.0%}", dense, small,
-                      f"{args.method} channel mask (no slimming run)"))
+        for m in multiples:
+          t = time.time()
+          small = cp.compact(masked, x1, multiple_of=m)
+          label = f"{frac:.0%}" + (f", widths ×{m}" if m > 1 else "")
+          widths = (getattr(small, "config", None) or {}).get("widths")
+          print(f"{name}: compacted {label} in {time.time() - t:.1f}s; widths {widths}",
+                flush=True)
+          cases.append((name, label, dense, small,
+                        f"{args.method} channel mask (no slimming run)"))
   by_model: dict[str, list] = {}
   for case in cases:
     by_model.setdefault(case[0], []).append(case)

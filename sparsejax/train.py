@@ -146,6 +146,9 @@ def validate_config(config) -> None:
     v = config.get(key)
     if not isinstance(v, (int, float)) or v <= 0:
       raise ValueError(f"config.{key} must be a positive number, got {v!r}")
+  m = config.get("compact_multiple_of", 1)
+  if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+    raise ValueError(f"config.compact_multiple_of must be a positive int, got {m!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -350,7 +353,8 @@ def _compact_final_model(config, eval_def, params, model_state, test_ds,
   from sparsejax import compact as compact_lib  # heavy; only when asked for
   model = nnx.merge(eval_def, params, model_state)
   sample = next(data_lib.eval_batches(test_ds, batch_size=1))["image"]
-  small, entry = compact_lib.report(model, sample, save_dir=save_dir, name=config.model.name)
+  small, entry = compact_lib.report(model, sample, save_dir=save_dir, name=config.model.name,
+                                    multiple_of=config.get("compact_multiple_of", 1))
   small_def, small_params, small_rest = nnx.split(small, nnx.Param, ...)
   entry["test_accuracy"] = evaluate(make_eval_step(small_def), nnx.as_pure(small_params),
                                     nnx.as_pure(small_rest), test_ds,

@@ -247,6 +247,55 @@ def test_residual_group_kept_unless_zero_in_every_member():
   _assert_same_outputs(model, small, shape)
 
 
+def test_multiple_of_rounds_widths_up_keeping_zero_channels():
+  model, shape = _model("vgg11")  # widths 8, 12, 16, 16
+  x = jnp.zeros(shape)
+  an = cp.analyze(model, x)
+  # features/0: 5 of 8 channels zero (3 kept); features/1: 3 of 12 (9 kept).
+  _zero_producers(model, [_group_of(an, "features/0/conv/kernel", 3, i) for i in (0, 2, 3, 5, 7)]
+                  + [_group_of(an, "features/1/conv/kernel", 3, i) for i in (1, 4, 10)])
+  plain = cp.compact(model, x)
+  assert _kernel_out_widths(plain)["features/0/conv"] == 3
+  assert _kernel_out_widths(plain)["features/1/conv"] == 9
+  small, plan = cp.compact(model, x, multiple_of=4, return_plan=True)
+  w = _kernel_out_widths(small)
+  # 3 -> 4 (the first zero channel, 0, comes back); 9 -> 12 (all of them).
+  assert w["features/0/conv"] == 4 and w["features/1/conv"] == 12
+  assert small.features[1].conv.kernel.shape == (3, 3, 4, 12)
+  np.testing.assert_array_equal(  # kept channels 0, 1, 4, 6 in order
+      np.asarray(small.features[0].conv.kernel[...]),
+      np.asarray(model.features[0].conv.kernel[...])[..., [0, 1, 4, 6]])
+  assert plan.removed_groups == 4
+  _assert_same_outputs(model, small, shape)
+  _, entry = cp.report(model, x, multiple_of=4)
+  assert entry["multiple_of"] == 4 and entry["removed_channel_groups"] == 4
+  assert entry["flops_after"] == cp.count(small, x).flops
+  with pytest.raises(ValueError, match="multiple_of must be a positive int, got 0"):
+    cp.compact(model, x, multiple_of=0)
+
+
+def test_multiple_of_resnet_every_shrunk_axis_is_a_multiple():
+  model, shape = _model("resnet20", seed=2, widths=(8, 16, 24))
+  x = jnp.zeros(shape)
+  an = cp.analyze(model, x)
+  rng = np.random.default_rng(3)
+  _zero_producers(model, [g for g in an.groups if not g.pinned and rng.random() < 0.7])
+  plain = cp.compact(model, x)
+  small = cp.compact(model, x, multiple_of=8)
+  before, rounded, unrounded = _arrays(model)[0], _arrays(small)[0], _arrays(plain)[0]
+  shrunk = 0
+  for p, a in rounded.items():
+    if p.endswith("kernel"):
+      for n0, n1, n2 in zip(before[p].shape, unrounded[p].shape, a.shape):
+        # Coupled axes (a residual stream and the option-A shortcut's zero
+        # padding of the stream before it) may round each other up further.
+        assert n1 <= n2 <= n0
+        assert n2 % 8 == 0 or n2 == n0
+        shrunk += n2 < n0
+  assert shrunk > 0
+  _assert_same_outputs(model, small, shape)
+
+
 def test_bn_scale_zero_shift_positive_is_kept_negative_is_removed():
   model, shape = _model("vgg11")
   x = jnp.zeros(shape)

@@ -143,6 +143,7 @@ def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):
     ("dataset", "imagenet", r"config.dataset must be one of .*mnist"),
     ("algorithm.name", "rigl", r"config.algorithm.name must be one of .*magnitude_pruning"),
     ("optimizer.name", "lamb", r"config.optimizer.name must be one of"),
+    ("compact_multiple_of", 0, r"config.compact_multiple_of must be a positive int, got 0"),
 ])
 def test_unknown_names_in_config(data_dir, tmp_path, field, value, match):
   with pytest.raises(ValueError, match=match):

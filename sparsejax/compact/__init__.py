@@ -171,7 +171,7 @@ def _check_outputs(model, new, sample_input, rtol: float, atol: float) -> float:
 
 
 def compact(model, sample_input, *, check: bool = True, rtol: float = 1e-4,
-            atol: float = 1e-5, return_plan: bool = False):
+            atol: float = 1e-5, multiple_of: int = 1, return_plan: bool = False):
   """Removes the channels that contribute nothing; returns a smaller model.
 
   A channel group (a conv/dense output channel together with its bias, BN
@@ -196,6 +196,10 @@ def compact(model, sample_input, *, check: bool = True, rtol: float = 1e-4,
       :class:`CompactionCheckError` if they differ.
     rtol: relative tolerance of the check (to the largest output magnitude).
     atol: absolute tolerance of the check.
+    multiple_of: round every shrunk width up to a multiple of this (keeping
+      some all-zero channels, which changes no output): ``8`` suits XLA's
+      CPU convolutions (see :func:`analyze`). ``1``: remove everything
+      removable.
     return_plan: also return a :class:`CompactionPlan`.
 
   Returns:
@@ -210,14 +214,14 @@ def compact(model, sample_input, *, check: bool = True, rtol: float = 1e-4,
   for name, value in (("rtol", rtol), ("atol", atol)):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
       raise ValueError(f"{name} must be a non-negative float, got {value!r}")
-  analysis = analyze(model, sample_input)
+  analysis = analyze(model, sample_input, multiple_of=multiple_of)
   try:
     new, method, cfg, diff = _build_and_check(model, sample_input, analysis, check, rtol, atol)
   except CompactionCheckError:
     if not analysis.removes_padding:
       raise
     # The model may hard-code how many constant channels it appends: keep them.
-    analysis = analyze(model, sample_input, resizable_padding=False)
+    analysis = analyze(model, sample_input, resizable_padding=False, multiple_of=multiple_of)
     new, method, cfg, diff = _build_and_check(model, sample_input, analysis, check, rtol, atol)
   if return_plan:
     return new, CompactionPlan(analysis, method, cfg, diff)
@@ -275,7 +279,7 @@ def zero_groups(model, groups, *, include_batch_stats: bool = False) -> None:
 
 
 def report(model, sample_input, *, save_dir: str | None = None,
-           name: str | None = None) -> tuple[Any, dict[str, Any]]:
+           name: str | None = None, multiple_of: int = 1) -> tuple[Any, dict[str, Any]]:
   """Compacts ``model`` and returns ``(compacted, entry)`` for ``report.json``.
 
   ``entry`` holds parameters and per-example multiply-adds before and after,
@@ -288,12 +292,13 @@ def report(model, sample_input, *, save_dir: str | None = None,
     sample_input: one example batch (shape and dtype matter; see :func:`compact`).
     save_dir: where to save the compacted model (replacing what is there).
     name: the model's name in :data:`sparsejax.models.MODELS`, for :func:`load`.
+    multiple_of: passed to :func:`compact` (round shrunk widths up to multiples).
 
   Returns:
     ``(compacted model, entry)``; ``entry`` is JSON-serialisable.
   """
   before = count(model, sample_input)
-  small, plan = compact(model, sample_input, return_plan=True)
+  small, plan = compact(model, sample_input, multiple_of=multiple_of, return_plan=True)
   after = count(small, sample_input)
   entry: dict[str, Any] = {
       "params_before": before.params,
@@ -304,6 +309,7 @@ def report(model, sample_input, *, save_dir: str | None = None,
       "flops_ratio": before.flops / max(after.flops, 1),
       "flops_convention": "multiply-adds per example (conv and dense layers)",
       "removed_channel_groups": plan.removed_groups,
+      "multiple_of": multiple_of,
       "layer_widths": {k: list(v) for k, v in plan.layer_widths().items()},
       "rebuilt_by": plan.method,
       "max_abs_output_diff": plan.max_abs_diff,

@@ -1170,7 +1170,43 @@ class Analysis:
     return [g for g in self.groups if g.removable]
 
 
-def analyze(model, sample_input, *, resizable_padding: bool = True) -> Analysis:
+def _round_up_kept(g, leaf_nodes, removable, forced_keep: set[int], multiple_of: int) -> None:
+  """Adds removable groups to ``forced_keep`` until every axis keeps a multiple.
+
+  Keeping more groups only adds, so the sweeps converge (at worst to keeping
+  everything). Narrow axes go first, and an axis tops itself up with its *own*
+  groups (those in no narrower axis) before others: a residual stream that
+  contains the zero-padded stream before it (an option-A shortcut) then
+  rounds with its new channels instead of growing the narrower stream.
+  """
+  axes = []
+  for nodes in leaf_nodes:
+    for ids in nodes:
+      if ids.size == 0:
+        continue
+      roots = g.find(ids)[g.flag(ids, _SEEN)]
+      if roots.size:
+        _, first = np.unique(roots, return_index=True)
+        axes.append(roots[np.sort(first)])  # the axis's groups, in order along it
+  axes.sort(key=len)
+  narrowest: dict[int, int] = {}
+  for uniq in axes:
+    for r in uniq:
+      narrowest.setdefault(int(r), len(uniq))
+  changed = True
+  while changed:
+    changed = False
+    for uniq in axes:
+      rem = removable(uniq) & ~np.isin(uniq, list(forced_keep))
+      short = -int((~rem).sum()) % multiple_of
+      if short and rem.any():
+        cand = sorted(uniq[rem], key=lambda r: narrowest[int(r)] != len(uniq))  # stable
+        forced_keep.update(int(r) for r in cand[:short])
+        changed = True
+
+
+def analyze(model, sample_input, *, resizable_padding: bool = True,
+            multiple_of: int = 1) -> Analysis:
   """Finds the channel groups of ``model`` and which of them can be removed.
 
   Args:
@@ -1185,6 +1221,13 @@ def analyze(model, sample_input, *, resizable_padding: bool = True) -> Analysis:
       they are added to. That assumes the model computes the fill width from
       its other widths (as ``option_a_shortcut`` does); with ``False`` such
       channels are pinned (for models that hard-code it).
+    multiple_of: keep enough removable (all-zero) channel groups that every
+      parameter axis that shrinks keeps a multiple of this many groups (or its
+      full size). The extra groups contribute exactly zero, so outputs do not
+      change; XLA's CPU convolutions run several times faster per
+      multiply-add at widths that are multiples of 8 than at odd ones
+      (``BENCHMARKS.md``). Which removable groups are kept is arbitrary (the
+      first ones along the axis).
 
   Returns:
     An :class:`Analysis`.
@@ -1193,6 +1236,9 @@ def analyze(model, sample_input, *, resizable_padding: bool = True) -> Analysis:
     UnsupportedOperationError: the model applies an operation to an
       input-dependent value that the analysis cannot follow channels through.
   """
+  if isinstance(multiple_of, bool) or not isinstance(multiple_of, (int, np.integer)) \
+      or multiple_of < 1:
+    raise ValueError(f"multiple_of must be a positive int, got {multiple_of!r}")
   traced = trace(model, sample_input)
   interp = _Interpreter(resizable_padding=resizable_padding)
   g = interp.groups
@@ -1233,6 +1279,8 @@ def analyze(model, sample_input, *, resizable_padding: bool = True) -> Analysis:
           changed = True
     if not changed:
       break
+  if multiple_of > 1:
+    _round_up_kept(g, leaf_nodes, removable, forced_keep, multiple_of)
   keep: dict[str, tuple[np.ndarray, ...]] = {}
   shapes: dict[str, tuple[int, ...]] = {}
   for path, nodes, leaf in zip(traced.paths, leaf_nodes, traced.leaves):

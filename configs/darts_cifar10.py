@@ -35,6 +35,7 @@ Variants (comma-separated):
 
 import ml_collections
 
+from configs import _common
 from sparsejax.models.darts import PRIMITIVES
 
 SEARCH_CONFIG = True  # a scripts/search.py config, not a scripts/train.py one
@@ -103,11 +104,7 @@ def apply_size_variant(c: ml_collections.ConfigDict, variants: set[str]) -> None
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - set(_VARIANTS)
-  if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)} for configs/darts_cifar10.py; "
-                     f"allowed: {', '.join(_VARIANTS)}")
+  variants = set(_common.split_variants(arg, "darts_cifar10.py", _VARIANTS))
   if "exact" in variants and "second_order" not in variants:
     raise ValueError("variant exact needs second_order (configs/darts_cifar10.py:second_order,exact)")
   c = base_config("darts")

@@ -20,17 +20,14 @@ batch 64 -- a CPU-sized run whose accuracy is NOT comparable with the paper),
 
 import ml_collections
 
+from configs import _common
 from configs import default as _default
 
 _VARIANTS = ("cpu", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - set(_VARIANTS)
-  if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)} for configs/genotype_cifar10.py; "
-                     f"allowed: {', '.join(_VARIANTS)}")
+  variants = set(_common.split_variants(arg, "genotype_cifar10.py", _VARIANTS))
   c = _default.get_config("dense")
   c.dataset = "cifar10"
   c.data.augment = True

@@ -9,12 +9,13 @@ variant ramps to 95% (global threshold over the three dense kernels) between epo
 12. Variants: ``dense``, ``smoke``.
 """
 
+from configs import _common
 from configs import default as _default
 
 
 def get_config(arg: str | None = None):
-  variants = set(filter(None, (arg or "").split(",")))
-  c = _default.get_config(",".join(sorted(variants & {"dense", "smoke"})))
+  variants = set(_common.split_variants(arg, "lenet300_mnist.py", ("dense", "smoke")))
+  c = _default.get_config(",".join(sorted(variants)))
   c.model.name = "lenet300_100"
   c.optimizer.weight_decay = 1e-4
   if "smoke" not in variants:

@@ -35,47 +35,31 @@ Variants (comma-separated, at most one kind):
 
 import ml_collections
 
+from configs import _common
+from configs import default as _default
+
 KINDS = ("l0", "l1", "tl1", "lhalf")
 _SCHEDULES = ("short", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or "").split(",") if v]
-  unknown = set(variants) - set(KINDS) - set(_SCHEDULES)
-  if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)} for configs/lenet5_mnist_sgl.py; "
-                     f"allowed: {', '.join(KINDS + _SCHEDULES)}")
+  variants = _common.split_variants(arg, "lenet5_mnist_sgl.py", KINDS + _SCHEDULES)
   kinds = [v for v in variants if v in KINDS]
   if len(kinds) > 1:
     raise ValueError(f"at most one kind variant for configs/lenet5_mnist_sgl.py, got {kinds}")
   kind = kinds[0] if kinds else "l0"
 
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.dataset = "mnist"
-  c.data = ml_collections.ConfigDict(dict(
-      dir=ml_collections.FieldReference(None, field_type=str),
-      tfds_data_dir=ml_collections.FieldReference(None, field_type=str),
-      augment=False,
-      train_subset=ml_collections.FieldReference(None, field_type=int),
-      test_subset=ml_collections.FieldReference(None, field_type=int)))
-  c.model = ml_collections.ConfigDict(dict(name="lenet5", kwargs={}))
+  c = _default.get_config("dense")
   c.batch_size = 100
-  c.eval_batch_size = 1000
   c.num_epochs = 200.0
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", momentum=0.0, nesterov=False, weight_decay=0.0))
-  c.lr = ml_collections.ConfigDict(dict(
-      base=1e-3, schedule="step", final_fraction=0.0, warmup_epochs=0,
-      boundaries_epochs=(40, 80, 120, 160), factor=0.1))
+  c.lr = _common.step_lr(1e-3, (40, 80, 120, 160))
   c.algorithm = ml_collections.ConfigDict(dict(
       name="sparse_group_lasso", kind=kind, lam=0.1, beta=2.5, growth=1.25,
       growth_every_epochs=40.0, growth_layers="conv", num_examples=60000, a=1.0,
       dense_group="input", u_init="threshold", u_init_seed=0, bias_weight_decay=5e-4,
       filter_regex=""))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=3))
-  c.progress_bar = True
-  c.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
   c.compact = True  # report parameters/FLOPs after removing zero channels
 
   if "short" in variants:

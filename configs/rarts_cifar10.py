@@ -29,6 +29,7 @@ the paper), ``smoke`` (about a minute, for tests).
 
 import ml_collections
 
+from configs import _common
 from configs import darts_cifar10 as _darts
 
 SEARCH_CONFIG = True  # a scripts/search.py config, not a scripts/train.py one
@@ -37,11 +38,7 @@ _VARIANTS = ("jacobi", "cpu", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - set(_VARIANTS)
-  if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)} for configs/rarts_cifar10.py; "
-                     f"allowed: {', '.join(_VARIANTS)}")
+  variants = set(_common.split_variants(arg, "rarts_cifar10.py", _VARIANTS))
   c = _darts.base_config("rarts")
   # y's optimizer: a copy of the weights' settings (edit separately to differ).
   c.val_optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())

@@ -35,81 +35,23 @@ Variants (comma-separated; a method, default ``proximal``, and a size):
 
 import ml_collections
 
-METHODS = ("proximal", "l1", "lp", "tl1", "mcp", "scad")
-SIZES = ("cpu", "smoke")
+from configs import _common
+
+METHODS = _common.SLIMMING_METHODS
+SIZES = _common.SLIMMING_SIZES
 INNER_BN = r"^blocks/\d+/bn1/scale$"
 
 
-def _step_lr(base: float, epochs: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      base=base, schedule="step", boundaries_epochs=(0.5 * epochs, 0.75 * epochs), factor=0.1,
-      final_fraction=0.0, warmup_epochs=0))
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or "").split(",") if v]
-  unknown = set(variants) - set(METHODS) - set(SIZES)
-  methods = [v for v in variants if v in METHODS]
-  sizes = [v for v in variants if v in SIZES]
-  if unknown or len(methods) > 1 or len(sizes) > 1:
-    raise ValueError(f"bad variant(s) {variants} for configs/resnet_cifar10_slimming.py; pick "
-                     f"at most one method of {METHODS} and at most one size of {SIZES}")
-  method = methods[0] if methods else "proximal"
-  size = sizes[0] if sizes else "full"
-
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.dataset = "cifar10"
-  c.data = ml_collections.ConfigDict(dict(
-      dir=ml_collections.FieldReference(None, field_type=str),
-      tfds_data_dir=ml_collections.FieldReference(None, field_type=str),
-      augment=True,
-      train_subset=ml_collections.FieldReference(None, field_type=int),
-      test_subset=ml_collections.FieldReference(None, field_type=int)))
-  c.model = ml_collections.ConfigDict(dict(name="resnet56", kwargs={}))
-  c.batch_size = 64
-  c.eval_batch_size = 1000
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))
-  c.progress_bar = True
-  c.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
-  c.compact = True  # report parameters/FLOPs after removing zero channels
-
-  total_epochs = {"full": 160.0, "cpu": 30.0, "smoke": 2.0}[size]
+  method, size = _common.slimming_variants(arg, "resnet_cifar10_slimming.py")
+  c = _common.slimming_config(
+      method, size, model="resnet56" if size == "full" else "resnet20",
+      total_epochs={"full": 160.0, "cpu": 30.0, "smoke": 2.0}[size],
+      proximal_s={"full": 0.002, "cpu": 0.02, "smoke": 0.2}[size], proximal_beta=0.25,
+      penalty_s={"full": 1e-5, "cpu": 1e-4, "smoke": 1e-2}[size],
+      prune_fraction=0.4, filter_regex=INNER_BN)
   if size == "cpu":
-    c.model.name = "resnet20"
     c.data.train_subset = 10000
   elif size == "smoke":
-    c.model.name = "resnet20"
     c.model.kwargs = dict(widths=(4, 8, 8))
-    c.data.train_subset = 1000
-    c.data.test_subset = 500
-    c.data.augment = False
-    c.batch_size = 32
-    c.eval_batch_size = 500
-    c.progress_bar = False
-
-  if method == "proximal":
-    c.num_epochs = total_epochs
-    c.lr = _step_lr(0.1, total_epochs)
-    s = {"full": 0.002, "cpu": 0.02, "smoke": 0.2}[size]
-    c.algorithm = ml_collections.ConfigDict(dict(
-        name="network_slimming", s=s, beta=0.25, xi_init="uniform", xi_low=0.47,
-        xi_high=0.53, seed=0, init_bn_scale=0.5, filter_regex=INNER_BN))
-  else:
-    stage = total_epochs if size == "full" else total_epochs / 2
-    c.num_epochs = stage
-    c.lr = _step_lr(0.1, stage)
-    s = {"full": 1e-5, "cpu": 1e-4, "smoke": 1e-2}[size]
-    c.algorithm = ml_collections.ConfigDict(dict(
-        name="slimming_penalty", kind=method, s=s,
-        p=ml_collections.FieldReference(0.5 if method == "lp" else None, field_type=float),
-        a=ml_collections.FieldReference(None, field_type=float),
-        lam=ml_collections.FieldReference(None, field_type=float),
-        eps=ml_collections.FieldReference(None, field_type=float),
-        init_bn_scale=0.5, filter_regex=INNER_BN))
-    c.pipeline = ml_collections.ConfigDict(dict(
-        prune_fraction=0.4, min_channels=1,
-        finetune=ml_collections.ConfigDict(dict(num_epochs=stage, lr=_step_lr(0.1, stage)))))
   return c

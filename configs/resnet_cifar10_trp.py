@@ -38,44 +38,30 @@ Variants (comma-separated, any order):
 
 import ml_collections
 
+from configs import _common
+from configs import default as _default
+
 _VARIANTS = ("resnet32", "spatial", "dense", "cpu", "smoke")
 _MILESTONES = (81.0 / 164.0, 122.0 / 164.0)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or "").split(",") if v]
-  unknown = sorted(set(variants) - set(_VARIANTS))
-  if unknown or ("cpu" in variants and "smoke" in variants):
-    raise ValueError(f"bad variant(s) {variants} for configs/resnet_cifar10_trp.py; pick any of "
-                     f"{_VARIANTS} (at most one of cpu, smoke)")
-  flags = set(variants)
+  flags = set(_common.split_variants(arg, "resnet_cifar10_trp.py", _VARIANTS))
+  if {"cpu", "smoke"} <= flags:
+    raise ValueError("variants cpu and smoke of configs/resnet_cifar10_trp.py exclude each other")
 
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  c = _default.get_config("dense")
   c.dataset = "cifar10"
-  c.data = ml_collections.ConfigDict(dict(
-      dir=ml_collections.FieldReference(None, field_type=str),
-      tfds_data_dir=ml_collections.FieldReference(None, field_type=str),
-      augment=True,
-      train_subset=ml_collections.FieldReference(None, field_type=int),
-      test_subset=ml_collections.FieldReference(None, field_type=int)))
-  c.model = ml_collections.ConfigDict(dict(
-      name="resnet32" if "resnet32" in flags else "resnet20", kwargs={}))
-  c.batch_size = 128
-  c.eval_batch_size = 1000
+  c.data.augment = True
+  c.model.name = "resnet32" if "resnet32" in flags else "resnet20"
   c.num_epochs = 164.0
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4))
-  c.lr = ml_collections.ConfigDict(dict(
-      base=0.1, schedule="step", boundaries_epochs=(81.0, 122.0), factor=0.1,
-      final_fraction=0.0, warmup_epochs=0))
+  c.optimizer.weight_decay = 1e-4
+  c.lr = _common.step_lr(0.1, (81.0, 122.0))
   c.algorithm = ml_collections.ConfigDict(dict(
       name="trained_rank_pruning", energy=0.9, nuclear=3e-4, period=1,
       scheme="spatial" if "spatial" in flags else "channel", include_dense=False,
       filter_regex="", truncate_init=True, cut=0.05))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))
-  c.progress_bar = True
-  c.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
+  c.checkpoint.keep = 2
 
   if "cpu" in flags:
     c.data.train_subset = 10_000

@@ -24,9 +24,9 @@ CONFIG_VARIANTS = {
 
 
 def _config_modules():
-  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if not p.endswith("__init__.py"))
-  return names
+  # configs/_common.py and __init__.py are helpers, not configs.
+  return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                if not os.path.basename(p).startswith("_"))
 
 
 @pytest.mark.parametrize("name", _config_modules())
@@ -40,6 +40,23 @@ def test_config_validates(name):
     validate = train.validate_config
   for variant in CONFIG_VARIANTS.get(name, [""]):
     validate(module.get_config(variant))
+
+
+@pytest.mark.parametrize("name", _config_modules())
+def test_config_rejects_an_unknown_variant(name):
+  module = importlib.import_module(f"configs.{name}")
+  with pytest.raises(ValueError, match=f"gpu.*configs/{name}.py|configs/{name}.py.*gpu"):
+    module.get_config("gpu")
+
+
+def test_trainer_configs_share_the_default_fields():
+  """Every scripts/train.py config has the fields of configs/default.py (mesh, compaction...)."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  fields = set(default.get_config().keys())
+  for name in _config_modules():
+    module = importlib.import_module(f"configs.{name}")
+    if not getattr(module, "SEARCH_CONFIG", False):
+      assert fields <= set(module.get_config().keys()), name
 
 
 def test_cifar10_dense_bad_variant():

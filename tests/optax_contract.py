@@ -1,6 +1,7 @@
 """Shared pieces of the Optax contract tests run on every sparsejax transform."""
 
 import jax
+import numpy as np
 import optax
 
 
@@ -30,3 +31,18 @@ def multisteps_and_reference(inner: optax.GradientTransformation, params, grads:
     u, ref_state = ref_update(mean, ref_state, q)
     q = optax.apply_updates(q, u)
   return p, state, q
+
+
+def run_updates(tx: optax.GradientTransformation, params, grads: list, jit: bool = False):
+  """Applies ``tx`` to ``grads`` one after another from ``params``: ``(params, state)``."""
+  update = jax.jit(tx.update) if jit else tx.update
+  p, state = params, tx.init(params)
+  for g in grads:
+    u, state = update(g, state, p)
+    p = optax.apply_updates(p, u)
+  return p, state
+
+
+def assert_trees_close(actual, desired, rtol: float = 1e-6, atol: float = 1e-7):
+  """``np.testing.assert_allclose`` on every pair of leaves (the structures must match)."""
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol), actual, desired)

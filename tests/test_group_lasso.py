@@ -18,7 +18,7 @@ from sparsejax.optim import find_states
 from sparsejax.optim.group_lasso import (
     KINDS, SparseGroupLassoState, group_axis, sgl_report, sparse_group_lasso,
     sparse_group_lasso_from_config, sparse_params)
-from optax_contract import multisteps_and_reference
+from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 LAM, BETA0, N, A = 0.1, 2.5, 7.0, 0.8
 
@@ -269,14 +269,10 @@ def _tx(**kw):
 
 def test_jit_matches_eager_in_a_chain_with_adam():
   tx = optax.chain(_tx(), optax.adam(1e-2))
-  p1 = p2 = _params()
-  s1 = s2 = tx.init(p1)
-  for t in range(5):
-    u1, s1 = tx.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(tx.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p1, p2)
+  grads = [_grads(t) for t in range(5)]
+  p1, s1 = run_updates(tx, _params(), grads)
+  p2, s2 = run_updates(tx, _params(), grads, jit=True)
+  assert_trees_close(p1, p2)
   for a, b in zip(jax.tree.leaves(sparse_params(s1, p1)),
                   jax.tree.leaves(jax.jit(sparse_params)(s2, p2))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -287,7 +283,7 @@ def test_jit_matches_eager_in_a_chain_with_adam():
     g, ss = sgl.update(_grads(t), ss, q)
     u, sa = adam.update(g, sa, q)
     q = optax.apply_updates(q, u)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p1, q)
+  assert_trees_close(p1, q)
 
 
 def test_inject_hyperparams():
@@ -298,14 +294,10 @@ def test_inject_hyperparams():
               lam=LAM, beta=BETA0, num_examples=N, kind="tl1", growth=1.5, growth_every=2,
               bias_weight_decay=0.1),
       optax.sgd(0.05))
-  p1 = p2 = _params()
-  s1, s2 = direct.init(p1), injected.init(p2)
-  for t in range(4):
-    u1, s1 = direct.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(injected.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p2)
+  grads = [_grads(t) for t in range(4)]
+  p1, s1 = run_updates(direct, _params(), grads)
+  p2, s2 = run_updates(injected, _params(), grads, jit=True)
+  assert_trees_close(p1, p2, rtol=1e-5)
   assert len(find_states(s2, SparseGroupLassoState)) == 1
   np.testing.assert_allclose(sparse_params(s2, p2)["conv"]["kernel"],
                              sparse_params(s1, p1)["conv"]["kernel"], rtol=1e-5, atol=1e-7)
@@ -315,7 +307,7 @@ def test_multisteps_counts_optimizer_steps():
   inner = optax.chain(_tx(growth_every=1), optax.sgd(0.05))
   grads = [_grads(t) for t in range(4)]
   p, state, q = multisteps_and_reference(inner, _params(), grads)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p, q)
+  assert_trees_close(p, q, rtol=1e-5, atol=1e-7)
   st = find_states(state, SparseGroupLassoState)[0]
   assert int(st.count) == 2
   assert float(st.beta["conv"]["kernel"]) == pytest.approx(BETA0 * 1.5)  # beta of step 1

@@ -13,7 +13,7 @@ from flax import nnx
 from sparsejax import prox
 from sparsejax.optim import find_states
 from sparsejax.optim.proximal_gradient import ProximalState, proximal, proximal_from_config
-from optax_contract import multisteps_and_reference
+from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 
 def _orthonormal(n, d, seed):
@@ -159,14 +159,10 @@ def _grads(seed):
 def test_jit_matches_eager_with_adam():
   sched = optax.exponential_decay(0.05, 1, 0.8)
   tx = optax.chain(optax.adam(sched), proximal(prox.group_l2, 0.5, sched))
-  p1 = p2 = _params()
-  s1 = s2 = tx.init(p1)
-  for t in range(4):
-    u1, s1 = tx.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(tx.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p1, p2)
+  grads = [_grads(t) for t in range(4)]
+  p1, _ = run_updates(tx, _params(), grads)
+  p2, _ = run_updates(tx, _params(), grads, jit=True)
+  assert_trees_close(p1, p2)
   # What the chain computes: the group prox of the Adam point, at this step's lr.
   adam = optax.adam(sched)
   q, sa = _params(), adam.init(_params())
@@ -174,27 +170,22 @@ def test_jit_matches_eager_with_adam():
     u, sa = adam.update(_grads(t), sa, q)
     q = optax.apply_updates(q, u)
     q = {k: dict(v, kernel=prox.group_l2(v["kernel"], 0.5 * sched(t))) for k, v in q.items()}
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, q)
+  assert_trees_close(p1, q, rtol=1e-5, atol=1e-6)
 
 
 def test_inject_hyperparams():
-  params, g = _params(), _grads(0)
+  params = _params()
   sched = lambda t: 0.1 / (1.0 + t)
   direct = optax.chain(optax.sgd(sched), proximal(prox.l1, 0.4, sched))
   injected = optax.chain(
       optax.inject_hyperparams(optax.sgd)(learning_rate=sched),
       optax.inject_hyperparams(proximal, static_args=("prox_fn", "filter_fn"))(
           prox_fn=prox.l1, strength=0.4, learning_rate=sched))
-  s1, s2 = direct.init(params), injected.init(params)
-  p1 = p2 = params
-  for t in range(3):
-    u1, s1 = direct.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(injected.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p1, p2)
+  grads = [_grads(t) for t in range(3)]
+  p1, _ = run_updates(direct, params, grads)
+  p2, s2 = run_updates(injected, params, grads, jit=True)
+  assert_trees_close(p1, p2)
   assert len(find_states(s2, ProximalState)) == 1
-  del g
 
 
 def test_multisteps_counts_optimizer_steps():
@@ -202,7 +193,7 @@ def test_multisteps_counts_optimizer_steps():
   inner = optax.chain(optax.sgd(sched), proximal(prox.l0, 0.5, sched))
   grads = [_grads(t) for t in range(4)]
   p, state, q = multisteps_and_reference(inner, _params(), grads)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p, q)
+  assert_trees_close(p, q)
   assert int(find_states(state, ProximalState)[0].count) == 2
 
 

@@ -12,7 +12,7 @@ from flax import nnx
 from sparsejax import masks as masks_lib
 from sparsejax import schedules
 from sparsejax.optim import MagnitudePruningState, find_states, magnitude_pruning
-from optax_contract import multisteps_and_reference
+from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 
 def _params(seed=0):
@@ -134,14 +134,10 @@ def test_jit_matches_eager():
   params = _params()
   tx = optax.chain(optax.adam(1e-2), magnitude_pruning(0.5, begin_step=0, end_step=4,
                                                        update_every=2))
-  s1 = s2 = tx.init(params)
-  p1 = p2 = params
-  for t in range(5):
-    u1, s1 = tx.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(tx.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p1, p2)
+  grads = [_grads(t) for t in range(5)]
+  p1, _ = run_updates(tx, params, grads)
+  p2, _ = run_updates(tx, params, grads, jit=True)
+  assert_trees_close(p1, p2)
 
 
 def test_inject_hyperparams():
@@ -166,7 +162,7 @@ def test_multisteps_counts_optimizer_steps():
                                                         update_every=1))
   grads = [_grads(t) for t in range(4)]
   p, state, q = multisteps_and_reference(inner, params, grads)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p, q)
+  assert_trees_close(p, q, rtol=1e-5, atol=1e-6)
   assert int(find_states(state, MagnitudePruningState)[0].count) == 2
   assert float(np.mean(np.asarray(p["dense"]["kernel"]) == 0)) == 0.5
 

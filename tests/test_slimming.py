@@ -22,7 +22,7 @@ from sparsejax.optim.slimming import (ChannelMaskState, NetworkSlimmingState,
                                       SlimmingPenaltyState, channel_mask, network_slimming,
                                       apply_sparse_scales, removable_channels, set_bn_scales,
                                       slimming_penalty)
-from optax_contract import multisteps_and_reference
+from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 _REGISTRY = {
     "network_slimming": slimming.network_slimming_from_config,
@@ -363,14 +363,10 @@ def test_jit_matches_eager_in_a_chain(name):
   make, state_type = _transforms()[name]
   tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9), make()) \
       if name != "slimming_penalty" else optax.chain(make(), optax.sgd(0.1, momentum=0.9))
-  p1 = p2 = _params()
-  s1 = s2 = tx.init(p1)
-  for t in range(4):
-    u1, s1 = tx.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(tx.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p1, p2)
+  grads = [_grads(t) for t in range(4)]
+  p1, _ = run_updates(tx, _params(), grads)
+  p2, s2 = run_updates(tx, _params(), grads, jit=True)
+  assert_trees_close(p1, p2)
   found = find_states(s2, state_type)
   assert len(found) == 1 and int(found[0].count) == 4
 
@@ -382,17 +378,12 @@ def test_inject_hyperparams_network_slimming():
       optax.inject_hyperparams(optax.sgd)(learning_rate=sched),
       optax.inject_hyperparams(network_slimming, static_args=("filter_fn", "xi_init"))(
           learning_rate=sched, s=0.5, beta=5.0))
-  p1 = p2 = _params()
-  s1, s2 = direct.init(p1), injected.init(p2)
-  for t in range(4):
-    u1, s1 = direct.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(injected.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p1, p2)
-  xi1 = find_states(s1, NetworkSlimmingState)[0].xi
-  xi2 = find_states(s2, NetworkSlimmingState)[0].xi
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), xi1, xi2)
+  grads = [_grads(t) for t in range(4)]
+  p1, s1 = run_updates(direct, _params(), grads)
+  p2, s2 = run_updates(injected, _params(), grads, jit=True)
+  assert_trees_close(p1, p2)
+  assert_trees_close(find_states(s1, NetworkSlimmingState)[0].xi,
+                     find_states(s2, NetworkSlimmingState)[0].xi)
 
 
 def test_inject_hyperparams_penalty_and_mask():
@@ -406,7 +397,7 @@ def test_inject_hyperparams_penalty_and_mask():
   p = _params()
   u1, _ = direct.update(_grads(0), direct.init(p), p)
   u2, s2 = jax.jit(injected.update)(_grads(0), injected.init(p), p)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), u1, u2)
+  assert_trees_close(u1, u2)
   assert len(find_states(s2, SlimmingPenaltyState)) == 1
   assert len(find_states(s2, ChannelMaskState)) == 1
 
@@ -418,7 +409,7 @@ def test_multisteps_counts_optimizer_steps(name):
       optax.chain(make(), optax.sgd(0.1))
   grads = [_grads(t) for t in range(4)]
   p, state, q = multisteps_and_reference(inner, _params(), grads, jit=True)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p, q)
+  assert_trees_close(p, q, rtol=1e-5, atol=1e-6)
   assert int(find_states(state, state_type)[0].count) == 2
 
 

@@ -16,7 +16,7 @@ from sparsejax.optim import trp
 from sparsejax.optim.trp import (NuclearSubgradientState, TrainedRankPruningState,
                                  add_nuclear_subgradient, low_rank_params,
                                  trained_rank_pruning, trp_chain)
-from optax_contract import multisteps_and_reference
+from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 SCHEMES = ("channel", "spatial")
 
@@ -300,14 +300,10 @@ def test_nuclear_zero_strength_and_zero_kernel():
 def test_jit_matches_eager():
   params = _params()
   tx = trp_chain(optax.adam(1e-2), energy=0.7, nuclear=1e-3, period=2, include_dense=True)
-  s1 = s2 = tx.init(params)
-  p1 = p2 = params
-  for t in range(4):
-    u1, s1 = tx.update(_grads(t), s1, p1)
-    p1 = optax.apply_updates(p1, u1)
-    u2, s2 = jax.jit(tx.update)(_grads(t), s2, p2)
-    p2 = optax.apply_updates(p2, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p2)
+  grads = [_grads(t) for t in range(4)]
+  p1, _ = run_updates(tx, params, grads)
+  p2, _ = run_updates(tx, params, grads, jit=True)
+  assert_trees_close(p1, p2, rtol=1e-4, atol=1e-5)
 
 
 def test_inject_hyperparams():
@@ -322,7 +318,7 @@ def test_inject_hyperparams():
   u1, _ = direct.update(g, direct.init(params), params)
   state = injected.init(params)
   u2, state = jax.jit(injected.update)(g, state, params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), u1, u2)
+  assert_trees_close(u1, u2, rtol=1e-5, atol=1e-6)
   assert len(find_states(state, TrainedRankPruningState)) == 1
   assert len(find_states(state, NuclearSubgradientState)) == 1
   # A new energy takes effect without rebuilding.
@@ -338,7 +334,7 @@ def test_multisteps_counts_optimizer_steps():
   grads = [_grads(t) for t in range(8)]
   p, state, q = multisteps_and_reference(inner, params, grads, jit=True)
   # MultiSteps averages with a running mean: float rounding differs slightly.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), p, q)
+  assert_trees_close(p, q, rtol=1e-3, atol=1e-4)
   assert int(find_states(state, TrainedRankPruningState)[0].count) == 4
 
 

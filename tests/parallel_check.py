@@ -290,10 +290,11 @@ def _final_params(workdir):
 
 
 def section_trainer() -> dict:
-  from test_train import _config, _fake_mnist  # pylint: disable=g-import-not-at-top
+  from fake_data import write_fake_mnist  # pylint: disable=g-import-not-at-top
+  from test_train import _config  # pylint: disable=g-import-not-at-top
   out = {}
   with tempfile.TemporaryDirectory() as d:
-    _fake_mnist(d)
+    write_fake_mnist(d)
 
     def cfg(**kw):
       c = _config(d)

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from fake_data import write_fake_cifar10
 from sparsejax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,11 +67,7 @@ def test_cifar10_dense_bad_variant():
 
 
 def test_cifar_resnet_smoke_run_prunes_each_layer(tmp_path):
-  rng = np.random.default_rng(0)
-  y = rng.integers(0, 10, size=320).astype(np.uint8)
-  x = rng.integers(0, 255, size=(320, 32, 32, 3)).astype(np.uint8)
-  np.savez(tmp_path / "cifar10.npz", x_train=x[:256], y_train=y[:256], x_test=x[256:],
-           y_test=y[256:])
+  write_fake_cifar10(str(tmp_path), n_train=256, n_test=64)
   from configs import cifar10_dense  # pylint: disable=import-outside-toplevel
   c = cifar10_dense.get_config("resnet20,smoke,gmp")
   c.data.dir = str(tmp_path)

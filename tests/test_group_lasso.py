@@ -18,6 +18,7 @@ from sparsejax.optim import find_states
 from sparsejax.optim.group_lasso import (
     KINDS, SparseGroupLassoState, group_axis, sgl_report, sparse_group_lasso,
     sparse_group_lasso_from_config, sparse_params)
+from fake_data import write_fake_mnist
 from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 LAM, BETA0, N, A = 0.1, 2.5, 7.0, 0.8
@@ -407,27 +408,12 @@ def test_config_variants():
     lenet5_mnist_sgl.get_config("fast")
 
 
-def _fake_mnist(path, n_train=500, n_test=200, seed=0):
-  rng = np.random.default_rng(seed)
-
-  def make(n):
-    y = rng.integers(0, 10, size=n).astype(np.uint8)
-    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(y):
-      r, q = divmod(int(c), 5)
-      x[i, 2 + 12 * r: 8 + 12 * r, 2 + 5 * q: 8 + 5 * q] = 250
-    return x, y
-
-  (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
-  np.savez(os.path.join(path, "mnist.npz"), x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-
-
 def test_trainer_smoke_run(tmp_path, monkeypatch):
   from configs import lenet5_mnist_sgl  # pylint: disable=import-outside-toplevel
   from sparsejax import train  # pylint: disable=import-outside-toplevel
   del monkeypatch  # the registry entry is on main
   assert train.ALGORITHMS["sparse_group_lasso"] is sparse_group_lasso_from_config
-  _fake_mnist(str(tmp_path))
+  write_fake_mnist(str(tmp_path), n_train=500)
   c = lenet5_mnist_sgl.get_config("smoke")
   c.data.dir = str(tmp_path)
   c.data.train_subset = None

@@ -396,8 +396,8 @@ def test_two_processes_load_their_rows_and_match_one_process(tmp_path):
   import multihost_check as mh  # pylint: disable=import-outside-toplevel
   from sparsejax import data as data_lib  # pylint: disable=import-outside-toplevel
   from sparsejax import train  # pylint: disable=import-outside-toplevel
-  from test_train import _fake_mnist  # pylint: disable=import-outside-toplevel
-  _fake_mnist(str(tmp_path), n_train=320, n_test=40)
+  from fake_data import write_fake_mnist  # pylint: disable=import-outside-toplevel
+  write_fake_mnist(str(tmp_path), n_train=320, n_test=40)
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_check.py"), str(i),

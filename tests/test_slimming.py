@@ -22,6 +22,7 @@ from sparsejax.optim.slimming import (ChannelMaskState, NetworkSlimmingState,
                                       SlimmingPenaltyState, channel_mask, network_slimming,
                                       apply_sparse_scales, removable_channels, set_bn_scales,
                                       slimming_penalty)
+from fake_data import write_fake_cifar10
 from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 _REGISTRY = {
@@ -624,27 +625,10 @@ def test_config_variants():
 # Through the trainer: proximal single run and the three-stage pipeline
 
 
-def _fake_cifar(path, n_train=640, n_test=200, seed=0):
-  """Learnable 32x32 colour images: class c lights up a c-dependent 8x8 patch."""
-  rng = np.random.default_rng(seed)
-
-  def make(n):
-    y = rng.integers(0, 10, size=n).astype(np.uint8)
-    x = rng.integers(0, 60, size=(n, 32, 32, 3)).astype(np.uint8)
-    for i, c in enumerate(y):
-      r, q = divmod(int(c), 5)
-      x[i, 4 + 14 * r: 12 + 14 * r, 1 + 6 * q: 7 + 6 * q, int(c) % 3] = 250
-    return x, y
-
-  xtr, ytr = make(n_train)
-  xte, yte = make(n_test)
-  np.savez(os.path.join(path, "cifar10.npz"), x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-
-
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("cifar")
-  _fake_cifar(str(d))
+  write_fake_cifar10(str(d))
   return str(d)
 
 

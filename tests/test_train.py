@@ -10,31 +10,15 @@ import pytest
 from flax import nnx
 
 from configs import default as default_config
+from fake_data import write_fake_mnist
 from sparsejax import checkpoint as ckpt_lib
 from sparsejax import train
-
-
-def _fake_mnist(path, n_train=640, n_test=200, seed=0):
-  """Learnable 28x28 digits: class c lights up a c-dependent 6x6 patch, plus noise."""
-  rng = np.random.default_rng(seed)
-
-  def make(n):
-    y = rng.integers(0, 10, size=n).astype(np.uint8)
-    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(y):
-      r, q = divmod(int(c), 5)
-      x[i, 2 + 12 * r: 8 + 12 * r, 2 + 5 * q: 8 + 5 * q] = 250
-    return x, y
-
-  xtr, ytr = make(n_train)
-  xte, yte = make(n_test)
-  np.savez(os.path.join(path, "mnist.npz"), x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
 
 
 @pytest.fixture()
 def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("data")
-  _fake_mnist(str(d))
+  write_fake_mnist(str(d))
   return str(d)
 
 

@@ -16,6 +16,7 @@ from sparsejax.optim import trp
 from sparsejax.optim.trp import (NuclearSubgradientState, TrainedRankPruningState,
                                  add_nuclear_subgradient, low_rank_params,
                                  trained_rank_pruning, trp_chain)
+from fake_data import write_fake_cifar10
 from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
 
 SCHEMES = ("channel", "spatial")
@@ -512,11 +513,7 @@ def test_smoke_config_trains_low_rank(tmp_path):
   from configs import resnet_cifar10_trp  # pylint: disable=import-outside-toplevel
   from sparsejax import train  # pylint: disable=import-outside-toplevel
   assert train.ALGORITHMS["trained_rank_pruning"] is trp.trained_rank_pruning_from_config
-  r = _rng(9)
-  y = r.integers(0, 10, size=160).astype(np.uint8)
-  x = r.integers(0, 255, size=(160, 32, 32, 3)).astype(np.uint8)
-  np.savez(tmp_path / "cifar10.npz", x_train=x[:128], y_train=y[:128], x_test=x[128:],
-           y_test=y[128:])
+  write_fake_cifar10(str(tmp_path), n_train=128, n_test=32, seed=9)
   c = resnet_cifar10_trp.get_config("spatial,smoke")
   c.data.dir = str(tmp_path)
   c.data.train_subset = None

@@ -26,7 +26,8 @@ of epochs:
   that SGL-l0 reached (the first SGL kind run when l0 is not among them): of
   W counted the authors' way (|w| < 1e-5), the model whose accuracy the paper
   reports (row ``magnitude_pruning_w``); ``--magnitude-target u`` uses U's
-  exact sparsity instead (row ``magnitude_pruning_u``).
+  exact sparsity instead (row ``magnitude_pruning_u``), ``--magnitude-sparsity S``
+  the given sparsity (row ``magnitude_pruning``; ``--kinds ''`` runs no SGL kind).
 * ``sgl_<kind>``: the sparse group lasso (lambda 0.1, beta_0 2.5 x1.25 every
   20% of the epochs on the conv layers, N = 60000), for each kind.
 
@@ -240,15 +241,20 @@ def bench_training(args) -> list[dict]:
     c = base_config(args)
     c.algorithm = ml_collections.ConfigDict(dict(name="none"))
     rows.append(run_variant(args, "dense", c, "none", train.ALGORITHMS["none"], evaluate_u))
-  if "magnitude" in args.baselines and ref is not None:
+  target = args.magnitude_sparsity
+  if target is None and ref is not None:
+    target = min(ref[f"sparsity_{args.magnitude_target}"], 0.999)
+  if "magnitude" in args.baselines and target is not None:
     c = base_config(args)
     # Masks recomputed about every 1/10 epoch (every step on tiny runs).
     spe = max(1, (args.train_subset or 60000) // c.batch_size)
     c.algorithm = ml_collections.ConfigDict(dict(
-        name="magnitude_pruning", sparsity=min(ref[f"sparsity_{args.magnitude_target}"], 0.999),
+        name="magnitude_pruning", sparsity=target,
         begin_epoch=0.1 * args.epochs, end_epoch=0.5 * args.epochs,
         update_every_steps=max(1, spe // 10), distribution="global", filter_regex=""))
-    variant = "magnitude_pruning_w" if args.magnitude_target == "w_authors" else "magnitude_pruning_u"
+    variant = ("magnitude_pruning" if args.magnitude_sparsity is not None else
+               "magnitude_pruning_w" if args.magnitude_target == "w_authors" else
+               "magnitude_pruning_u")
     rows.append(run_variant(args, variant, c, "magnitude_pruning",
                             train.ALGORITHMS["magnitude_pruning"], evaluate_u))
   return rows
@@ -326,7 +332,13 @@ def main():
       "--magnitude-target", choices=("w_authors", "u"), default="w_authors",
       help="sparsity the magnitude-pruning baseline is pruned to: SGL-l0's W counted the authors' "
            "way (the model whose accuracy the paper reports; default) or its U")
+  parser.add_argument(
+      "--magnitude-sparsity", type=float, default=None,
+      help="prune the magnitude baseline to this sparsity instead, in [0, 1) (e.g. a full SGL "
+           "run's, with --kinds '' to skip the SGL rows)")
   args = parser.parse_args()
+  if args.magnitude_sparsity is not None and not 0.0 <= args.magnitude_sparsity < 1.0:
+    parser.error(f"--magnitude-sparsity must be in [0, 1), got {args.magnitude_sparsity}")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
   os.makedirs(args.workdir, exist_ok=True)
   results = {"args": vars(args)}

@@ -10,6 +10,11 @@ Shortened (20 epochs, every epoch boundary scaled by 1/10; ~1 hour):
 
   SPARSEJAX_DATA_DIR=/work/shared/data python scripts/bench_sgl.py --epochs 20
 
+A finished full run (``scripts/train.py --config configs/lenet5_mnist_sgl.py``) with
+W's entries below each threshold set to zero, sparsity and test accuracy (~1 minute):
+
+  SPARSEJAX_DATA_DIR=/work/shared/data python scripts/bench_sgl.py --analyze-run runs/sgl_l0_full
+
 Tiny check that the script works (~1-2 minutes):
 
   SPARSEJAX_DATA_DIR=/work/shared/data python scripts/bench_sgl.py --epochs 1 \
@@ -283,6 +288,50 @@ def print_training(rows: list[dict], epochs: float) -> None:
 
 
 # ----------------------------------------------------------------------------
+# A finished run's W under several zero thresholds
+# ----------------------------------------------------------------------------
+
+
+def analyze_run(args) -> list[dict]:
+  """W of the newest checkpoint in ``args.analyze_run``, entries below each threshold zeroed.
+
+  For every threshold t: the fraction of the four kernels' weights with |w| < t
+  (t = 1e-5 is the authors' count), per layer and in all, and the test accuracy
+  of W with exactly those entries set to zero.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ckdir = os.path.join(os.path.abspath(args.analyze_run), "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(ckdir) if d.isdigit()) if os.path.isdir(ckdir) else []
+  if not steps:
+    raise SystemExit(f"--analyze-run: no checkpoint under {ckdir}")
+  saved = ocp.StandardCheckpointer().restore(os.path.join(ckdir, str(steps[-1]), "state"))
+  cfg = base_config(args)
+  evaluate = _u_evaluator(args, cfg)
+  params = models.get_model("lenet5", num_classes=10, rngs=nnx.Rngs(0))
+  params = nnx.state(params, nnx.Param)
+  params.replace_by_pure_dict(saved["params"])
+  w = _kernels(params)
+  n = sum(x.size for x in w.values())
+  thresholds = [float(t) for t in args.thresholds.split(",")]
+  rows = []
+  print(f"\n{args.analyze_run}: step {steps[-1]}, W with |w| < t set to zero")
+  print("| t | zero weights | " + " | ".join(KERNELS) + " | test acc |")
+  print("|---|---|" + "---|" * len(KERNELS) + "---|")
+  for t in [0.0] + thresholds:
+    keep = {k: np.abs(x) >= t if t > 0 else np.ones(x.shape, bool) for k, x in w.items()}
+    pruned = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.where(keep[tree_lib.path_str(path)], x, 0.0)
+        if tree_lib.path_str(path) in keep else x, params)
+    acc = evaluate(pruned)["accuracy"]
+    per = {k: 1.0 - float(keep[k].mean()) for k in KERNELS}
+    total = 1.0 - sum(int(keep[k].sum()) for k in KERNELS) / n
+    rows.append({"threshold": t, "sparsity": total, "per_layer": per, "test_accuracy": acc})
+    print(f"| {t:g} | {100 * total:.2f}% | " + " | ".join(f"{100 * per[k]:.1f}%" for k in KERNELS)
+          + f" | {100 * acc:.2f}% |")
+  return rows
+
+
+# ----------------------------------------------------------------------------
 # Step time
 # ----------------------------------------------------------------------------
 
@@ -336,7 +385,15 @@ def main():
       "--magnitude-sparsity", type=float, default=None,
       help="prune the magnitude baseline to this sparsity instead, in [0, 1) (e.g. a full SGL "
            "run's, with --kinds '' to skip the SGL rows)")
+  parser.add_argument(
+      "--analyze-run", default=None, metavar="WORKDIR",
+      help="instead of benchmarking: zero W of a finished scripts/train.py SGL run at each of "
+           "--thresholds and print sparsity and test accuracy")
+  parser.add_argument("--thresholds", default="1e-5,1e-4,1e-3,1e-2,3e-2,1e-1")
   args = parser.parse_args()
+  if args.analyze_run:
+    print(json.dumps(analyze_run(args)))
+    return
   if args.magnitude_sparsity is not None and not 0.0 <= args.magnitude_sparsity < 1.0:
     parser.error(f"--magnitude-sparsity must be in [0, 1), got {args.magnitude_sparsity}")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")

@@ -318,10 +318,13 @@ def analyze_run(args) -> list[dict]:
   print("| t | zero weights | " + " | ".join(KERNELS) + " | test acc |")
   print("|---|---|" + "---|" * len(KERNELS) + "---|")
   for t in [0.0] + thresholds:
-    keep = {k: np.abs(x) >= t if t > 0 else np.ones(x.shape, bool) for k, x in w.items()}
-    pruned = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.where(keep[tree_lib.path_str(path)], x, 0.0)
-        if tree_lib.path_str(path) in keep else x, params)
+    keep = {k: np.abs(x) >= t for k, x in w.items()}  # t = 0 keeps everything
+
+    def zero_below(path, x, keep=keep):
+      mask = keep.get(tree_lib.path_str(path))
+      return x if mask is None else jnp.where(mask, x, 0.0)
+
+    pruned = jax.tree_util.tree_map_with_path(zero_below, params)
     acc = evaluate(pruned)["accuracy"]
     per = {k: 1.0 - float(keep[k].mean()) for k in KERNELS}
     total = 1.0 - sum(int(keep[k].sum()) for k in KERNELS) / n

@@ -18,3 +18,63 @@ def concrete(v) -> np.ndarray | None:
     return np.asarray(v)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return None
+
+
+def _describe(c: np.ndarray) -> str:
+  if c.ndim == 0:
+    return repr(c.item())
+  if np.any(np.isnan(c)):
+    return f"an array of shape {c.shape} with NaN entries"
+  return f"an array of shape {c.shape} with min {float(c.min())!r} and max {float(c.max())!r}"
+
+
+def _allowed(low, high, low_open: bool, high_open: bool) -> str:
+  if low is not None and high is not None:
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+  if low is not None:
+    return f"{'>' if low_open else '>='} {low:g}"
+  if high is not None:
+    return f"{'<' if high_open else '<='} {high:g}"
+  return "a number"
+
+
+def check_real(name: str, value, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False, scalar: bool = False,
+               finite: bool = False) -> None:
+  """Checks that a concrete ``value`` is a real number (or array) in a range.
+
+  The range is ``[low, high]``, each end open with ``low_open``/``high_open``
+  and absent when None; NaN never passes. ``scalar`` asks for a 0-d value,
+  ``finite`` rejects ±inf. Traced values (under ``jit`` or
+  ``inject_hyperparams``) cannot be checked without a host sync and pass.
+
+  Raises:
+    TypeError: ``value`` is None, a bool, not a real number, or (``scalar``)
+      not 0-d (checked on traced values too).
+    ValueError: a concrete entry lies outside the range; the message names
+      ``name``, the allowed range and the value.
+  """
+  kind = "a real scalar" if scalar else "a real number or array"
+  if value is None or isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be {kind}, got {value!r}")
+  if scalar and getattr(value, "ndim", 0) != 0:  # traced values have shapes too
+    raise TypeError(f"{name} must be {kind}, got an array of shape {value.shape}")
+  c = concrete(value)
+  if c is None:
+    return
+  if c.dtype.kind not in "iuf":
+    raise TypeError(f"{name} must be {kind}, got {value!r}")
+  if scalar and c.ndim != 0:
+    raise TypeError(f"{name} must be {kind}, got an array of shape {c.shape}")
+  c = c.astype(np.float64)
+  ok = ~np.isnan(c)
+  if finite:
+    ok &= np.isfinite(c)
+  if low is not None:
+    ok &= (c > low) if low_open else (c >= low)
+  if high is not None:
+    ok &= (c < high) if high_open else (c <= high)
+  if not np.all(ok):
+    qual = "finite, not NaN" if finite else "and not NaN"
+    raise ValueError(f"{name} must be {_allowed(low, high, low_open, high_open)} "
+                     f"({qual}), got {_describe(c)}")

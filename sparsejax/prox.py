@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from sparsejax._util import concrete as _concrete
+from sparsejax._util import check_real
 
 __all__ = [
     "l1",
@@ -77,33 +77,10 @@ def _as_float(x: ArrayLike, name: str) -> tuple[jax.Array, np.dtype, np.dtype]:
   return x.astype(cdtype), dtype, cdtype
 
 
-def _describe(v: np.ndarray) -> str:
-  if v.ndim == 0:
-    return repr(v.item())
-  if np.any(np.isnan(v)):
-    return f"an array of shape {v.shape} with NaN entries"
-  return f"an array of shape {v.shape} with min {float(v.min())!r}"
-
-
-def _check_value(v, name: str, *, strict: bool) -> None:
-  """Raises ValueError when a concrete ``v`` is negative (``strict``: <= 0)."""
-  c = _concrete(v)
-  if c is None:
-    return
-  if c.dtype.kind not in "biuf":
-    raise TypeError(f"{name} must be a real number or array, got dtype {c.dtype}")
-  c = c.astype(np.float64)
-  ok = c > 0 if strict else c >= 0
-  if not np.all(ok):
-    bound = "> 0" if strict else ">= 0"
-    raise ValueError(f"{name} must be {bound} (and not NaN) everywhere, got "
-                     f"{_describe(c)}")
-
-
 def _elementwise_param(v: ArrayLike, name: str, shape: tuple[int, ...],
                        cdtype, *, strict: bool = False) -> jax.Array:
   """Validates a parameter that must broadcast to ``shape`` elementwise."""
-  _check_value(v, name, strict=strict)
+  check_real(name, v, low=0.0, low_open=strict)
   v = jnp.asarray(v)
   try:
     ok = np.broadcast_shapes(v.shape, shape) == tuple(shape)
@@ -117,7 +94,7 @@ def _elementwise_param(v: ArrayLike, name: str, shape: tuple[int, ...],
 
 def _scalar_param(v: ArrayLike, name: str, cdtype, *,
                   strict: bool = False) -> jax.Array:
-  _check_value(v, name, strict=strict)
+  check_real(name, v, low=0.0, low_open=strict)
   v = jnp.asarray(v)
   if v.ndim != 0:
     raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
@@ -145,7 +122,7 @@ def _group_param(v: ArrayLike, name: str, shape: tuple[int, ...], axis: int,
   or any array broadcastable to the keepdims group shape (size ``shape[axis]``
   along ``axis`` and 1 elsewhere).
   """
-  _check_value(v, name, strict=False)
+  check_real(name, v, low=0.0)
   v = jnp.asarray(v)
   gshape = _group_shape(shape, axis)
   num_groups = shape[axis]
@@ -564,14 +541,7 @@ def sparse_group(x: ArrayLike, lam: ArrayLike, mu: ArrayLike, *,
 
 
 def _check_energy(energy) -> None:
-  c = _concrete(energy)
-  if c is None:
-    return
-  if c.ndim != 0:
-    raise ValueError(f"energy must be a scalar, got shape {c.shape}")
-  e = float(c)
-  if not 0.0 < e <= 1.0:
-    raise ValueError(f"energy must be in (0, 1], got {e!r}")
+  check_real("energy", energy, low=0.0, high=1.0, low_open=True, scalar=True)
 
 
 def energy_rank(s: ArrayLike, energy: ArrayLike) -> jax.Array:

@@ -537,8 +537,10 @@ def test_argument_errors():
     algorithms.darts_step(loss, optax.sgd(1.0), optax.sgd(1.0), order=2, xi=0.1, hessian="fd")
   with pytest.raises(ValueError, match=r"xi must be a number >= 0 .* got xi=None"):
     algorithms.darts_step(loss, optax.sgd(1.0), optax.sgd(1.0), order=2)
-  with pytest.raises(ValueError, match=r"lam must be a finite number >= 0, got lam=-1"):
+  with pytest.raises(ValueError, match=r"lam must be >= 0 \(finite, not NaN\), got -1.0"):
     algorithms.rarts_step(loss, optax.sgd(1.0), optax.sgd(1.0), lam=-1)
+  with pytest.raises(ValueError, match=r"beta must be >= 0 \(finite, not NaN\), got inf"):
+    algorithms.rarts_step(loss, optax.sgd(1.0), optax.sgd(1.0), beta=float("inf"))
   with pytest.raises(ValueError, match=r"alpha_update must be one of \('gauss_seidel', 'jacobi'\), "
                      r"got alpha_update='sweep'"):
     algorithms.rarts_step(loss, optax.sgd(1.0), optax.sgd(1.0), alpha_update="sweep")

@@ -31,7 +31,7 @@ from jax.typing import ArrayLike
 from sparsejax import prox
 from sparsejax import tree as tree_lib
 from sparsejax.optim._state import find_states
-from sparsejax.optim.proximal_gradient import _check_nonnegative  # pylint: disable=protected-access
+from sparsejax._util import check_real
 
 __all__ = [
     "KINDS",
@@ -113,12 +113,6 @@ def _check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False)
     raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {value!r}")
   if int(c) < minimum:
     raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-
-
-def _float_scalar(name: str, value: Any) -> None:
-  if value is None or (hasattr(value, "ndim") and value.ndim != 0) or (
-      not hasattr(value, "ndim") and not isinstance(value, (int, float, np.number))):
-    raise TypeError(f"{name} must be a real scalar, got {value!r}")
 
 
 def sparse_group_lasso(
@@ -246,15 +240,12 @@ def sparse_group_lasso(
     raise ValueError(f"dense_group must be one of {DENSE_GROUPS}, got {dense_group!r}")
   if u_init not in U_INITS:
     raise ValueError(f"u_init must be one of {U_INITS}, got {u_init!r}")
-  for name, value in (("lam", lam), ("beta", beta), ("num_examples", num_examples),
-                      ("a", a), ("growth", growth), ("bias_weight_decay", bias_weight_decay)):
-    _float_scalar(name, value)
-  _check_nonnegative("lam", lam)
-  _check_nonnegative("beta", beta, strict=True)
-  _check_nonnegative("num_examples", num_examples, strict=True)
-  _check_nonnegative("a", a, strict=True)
-  _check_nonnegative("growth", growth, strict=True)
-  _check_nonnegative("bias_weight_decay", bias_weight_decay)
+  check_real("lam", lam, low=0.0, scalar=True)
+  check_real("beta", beta, low=0.0, low_open=True, scalar=True)
+  check_real("num_examples", num_examples, low=0.0, low_open=True, scalar=True)
+  check_real("a", a, low=0.0, low_open=True, scalar=True)
+  check_real("growth", growth, low=0.0, low_open=True, scalar=True)
+  check_real("bias_weight_decay", bias_weight_decay, low=0.0, scalar=True)
   _check_int("growth_every", growth_every, 1, allow_none=True)
   _check_int("u_init_seed", u_init_seed, 0)
   for name, f in (("filter_fn", filter_fn), ("growth_filter", growth_filter)):

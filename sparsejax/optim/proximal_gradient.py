@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import optax
 from jax.typing import ArrayLike
 
 from sparsejax import tree as tree_lib
-from sparsejax._util import concrete as _concrete
+from sparsejax._util import check_real
 
 __all__ = ["ProximalState", "proximal", "proximal_from_config"]
 
@@ -22,27 +22,6 @@ ProxFn = Callable[[jax.Array, jax.Array], jax.Array]
 class ProximalState(NamedTuple):
   """State of :func:`proximal`."""
   count: jax.Array  # int32 scalar: number of updates seen.
-
-
-def _check_nonnegative(name: str, value: Any, *, strict: bool = False) -> None:
-  """Raises ``ValueError``/``TypeError`` unless a concrete ``value`` is a real >= 0.
-
-  ``strict=True`` asks for > 0. Traced values (under ``jit`` or
-  ``inject_hyperparams``) cannot be checked without a host sync and pass.
-  """
-  if isinstance(value, bool):
-    raise TypeError(f"{name} must be a real number, got the bool {value!r}")
-  c = _concrete(value)
-  if c is None:
-    return
-  if c.dtype.kind not in "iuf":
-    raise TypeError(f"{name} must be a real number or array, got {value!r}")
-  c = c.astype(np.float64)
-  ok = c > 0 if strict else c >= 0
-  if not np.all(ok):  # also catches NaN
-    bound = "> 0" if strict else ">= 0"
-    shown = repr(c.item()) if c.ndim == 0 else f"an array with min {float(np.min(c))!r}"
-    raise ValueError(f"{name} must be {bound} (and not NaN), got {shown}")
 
 
 def proximal(
@@ -125,9 +104,9 @@ def proximal(
   """
   if not callable(prox_fn):
     raise TypeError(f"prox_fn must be callable as prox_fn(x, lam), got {prox_fn!r}")
-  _check_nonnegative("strength", strength)
+  check_real("strength", strength, low=0.0)
   if not callable(learning_rate):
-    _check_nonnegative("learning_rate", learning_rate)
+    check_real("learning_rate", learning_rate, low=0.0)
   if filter_fn is not None and not callable(filter_fn):
     raise TypeError(f"filter_fn must be callable (path, leaf) -> bool or None, got {filter_fn!r}")
   filter_fn = tree_lib.kernels if filter_fn is None else filter_fn
@@ -169,7 +148,7 @@ def _prox_from_name(name: str, *, a: float, axis: int) -> ProxFn:
   if name not in _PROX_NAMES:
     raise ValueError(f"config.algorithm.prox must be one of {_PROX_NAMES}, got {name!r}")
   if name == "tl1":
-    _check_nonnegative("config.algorithm.a", a, strict=True)
+    check_real("config.algorithm.a", a, low=0.0, low_open=True)
     return functools.partial(prox.tl1, a=a)
   if name == "group_l2":
     return functools.partial(prox.group_l2, axis=axis)

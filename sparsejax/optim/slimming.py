@@ -37,7 +37,7 @@ from jax.typing import ArrayLike
 from sparsejax import prox as prox_lib
 from sparsejax import tree as tree_lib
 from sparsejax.optim._state import find_states
-from sparsejax._util import concrete as _concrete
+from sparsejax._util import check_real
 
 __all__ = [
     "NetworkSlimmingState",
@@ -87,35 +87,6 @@ class ChannelMaskState(NamedTuple):
 # Argument checks (concrete values only; traced hyperparameters pass through).
 
 
-def _check_number(name: str, v, *, low: float | None = None, high: float | None = None,
-                  low_open: bool = False, high_open: bool = False) -> None:
-  """Raises TypeError/ValueError when a concrete ``v`` is not a real number in range."""
-  if isinstance(v, bool) or v is None:
-    raise TypeError(f"{name} must be a real number, got {v!r}")
-  c = _concrete(v)
-  if c is None:
-    return
-  if c.dtype.kind not in "iuf":
-    raise TypeError(f"{name} must be a real number, got {v!r}")
-  c = c.astype(np.float64)
-  ok = ~np.isnan(c)
-  if low is not None:
-    ok &= (c > low) if low_open else (c >= low)
-  if high is not None:
-    ok &= (c < high) if high_open else (c <= high)
-  if not np.all(ok):
-    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-    if low is not None and high is None:
-      allowed = f"{'> ' if low_open else '>= '}{low:g}"
-    elif low is None and high is not None:
-      allowed = f"{'< ' if high_open else '<= '}{high:g}"
-    else:
-      allowed = f"in {lo}, {hi}"
-    shown = c.item() if c.ndim == 0 else f"an array of shape {c.shape}"
-    raise ValueError(f"{name} must be {allowed} (and not NaN), got {shown!r}")
-
-
 def _check_filter(filter_fn) -> tree_lib.FilterFn:
   if filter_fn is None:
     return tree_lib.bn_scales
@@ -127,7 +98,7 @@ def _check_filter(filter_fn) -> tree_lib.FilterFn:
 def _check_learning_rate(learning_rate) -> None:
   if callable(learning_rate):
     return
-  _check_number("learning_rate", learning_rate, low=0.0)
+  check_real("learning_rate", learning_rate, low=0.0)
 
 
 def _is_none(x) -> bool:
@@ -246,8 +217,8 @@ def network_slimming(
     Slimming*, ICCV 2017.
   """
   _check_learning_rate(learning_rate)
-  _check_number("s", s, low=0.0)
-  _check_number("beta", beta, low=0.0)
+  check_real("s", s, low=0.0)
+  check_real("beta", beta, low=0.0)
   filter_fn = _check_filter(filter_fn)
   if isinstance(xi_init, str):
     if xi_init != "params":
@@ -400,7 +371,7 @@ def set_bn_scales(params: Any, value: float = 0.5, *,
   Returns:
     ``params`` with the selected leaves replaced by ``value`` (dtype kept).
   """
-  _check_number("value", value)
+  check_real("value", value)
   filter_fn = _check_filter(filter_fn)
   return tree_lib.map_selected(lambda x: jnp.full(jnp.shape(x), value, jnp.asarray(x).dtype),
                                params, tree_lib.select(params, filter_fn),
@@ -531,7 +502,7 @@ def slimming_penalty(
   """
   if not isinstance(kind, str) or kind not in PENALTIES:
     raise ValueError(f"kind must be one of {PENALTIES}, got {kind!r}")
-  _check_number("s", s, low=0.0)
+  check_real("s", s, low=0.0)
   filter_fn = _check_filter(filter_fn)
   uses = {"p": kind == "lp", "eps": kind == "lp", "a": kind in _DEFAULT_A,
           "lam": kind in ("mcp", "scad")}
@@ -547,14 +518,14 @@ def slimming_penalty(
   lam = _DEFAULT_LAM if lam is None else lam
   eps = _DEFAULT_EPS if eps is None else eps
   if kind == "lp":
-    _check_number("p", p, low=0.0, high=1.0, low_open=True, high_open=True)
-    _check_number("eps", eps, low=0.0, low_open=True)
+    check_real("p", p, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_real("eps", eps, low=0.0, low_open=True)
   if kind in ("tl1", "mcp"):
-    _check_number("a", a, low=0.0, low_open=True)
+    check_real("a", a, low=0.0, low_open=True)
   if kind == "scad":
-    _check_number("a", a, low=2.0, low_open=True)
+    check_real("a", a, low=2.0, low_open=True)
   if kind in ("mcp", "scad"):
-    _check_number("lam", lam, low=0.0, low_open=True)
+    check_real("lam", lam, low=0.0, low_open=True)
 
   def init_fn(params):
     _select_nonempty(params, filter_fn, "slimming_penalty")
@@ -706,7 +677,7 @@ def _prepare_from_config(cfg):
   init = cfg.get("init_bn_scale", 0.5)
   if init is None:
     return None
-  _check_number("config.algorithm.init_bn_scale", init)
+  check_real("config.algorithm.init_bn_scale", init)
   return lambda params: set_bn_scales(params, float(init))
 
 

@@ -94,6 +94,7 @@ from jax.typing import ArrayLike
 from sparsejax import prox as prox_lib
 from sparsejax import tree as tree_lib
 from sparsejax.optim._state import find_states
+from sparsejax._util import check_real
 from sparsejax._util import concrete as _concrete
 
 __all__ = [
@@ -214,24 +215,6 @@ def from_matrix(matrix: ArrayLike, shape: Sequence[int], scheme: str = "channel"
 # ---------------------------------------------------------------------------
 # Argument checks.
 # ---------------------------------------------------------------------------
-
-
-def _check_real(name: str, value, *, low: float, high: float | None = None,
-                low_open: bool = False) -> None:
-  """``value`` (when concrete) must be a real scalar in the given range."""
-  if isinstance(value, bool):
-    raise TypeError(f"{name} must be a real number, got the bool {value!r}")
-  c = _concrete(value)
-  if c is None:
-    return
-  if c.dtype.kind not in "iuf" or c.ndim != 0:
-    raise TypeError(f"{name} must be a real scalar, got {value!r}")
-  v = float(c)
-  ok = (v > low if low_open else v >= low) and (high is None or v <= high)
-  if not ok:  # also NaN
-    lo = f"{'(' if low_open else '['}{low}"
-    hi = f"{high}]" if high is not None else "inf)"
-    raise ValueError(f"{name} must be in {lo}, {hi}, got {v!r}")
 
 
 def _check_period(period) -> None:
@@ -374,7 +357,7 @@ def trained_rank_pruning(
     Xu et al., *TRP: Trained Rank Pruning for Efficient Deep Neural Networks*,
     IJCAI 2020 (arXiv:2004.14566).
   """
-  _check_real("energy", energy, low=0.0, high=1.0, low_open=True)
+  check_real("energy", energy, low=0.0, high=1.0, low_open=True, scalar=True)
   _check_common(period, scheme, filter_fn, include_dense)
   select_fn = _filter(filter_fn, include_dense)
 
@@ -489,12 +472,12 @@ def add_nuclear_subgradient(
     IJCAI 2020 (arXiv:2004.14566); Watson, *Characterization of the
     subdifferential of some matrix norms*, Linear Algebra Appl. 170, 1992.
   """
-  _check_real("strength", strength, low=0.0)
+  check_real("strength", strength, low=0.0, scalar=True)
   _check_common(period, scheme, filter_fn, include_dense)
   if rtol is not None:
     if _concrete(rtol) is None:
       raise TypeError(f"rtol must be a Python float (it is static), got {rtol!r}")
-    _check_real("rtol", rtol, low=0.0, high=1.0)
+    check_real("rtol", rtol, low=0.0, high=1.0, scalar=True)
     rtol = float(rtol)
   select_fn = _filter(filter_fn, include_dense)
 
@@ -613,9 +596,9 @@ def low_rank_params(
   if (energy is None) == (cut is None):
     raise ValueError(f"give exactly one of energy and cut, got energy={energy!r}, cut={cut!r}")
   if energy is not None:
-    _check_real("energy", energy, low=0.0, high=1.0, low_open=True)
+    check_real("energy", energy, low=0.0, high=1.0, low_open=True, scalar=True)
   else:
-    _check_real("cut", cut, low=0.0)
+    check_real("cut", cut, low=0.0, scalar=True)
   _check_common(1, scheme, filter_fn, include_dense)
   select_fn = _filter(filter_fn, include_dense)
   flags = _selected(params, select_fn, scheme)
@@ -680,9 +663,9 @@ def trained_rank_pruning_from_config(cfg, ctx):
   scheme = str(cfg.get("scheme", "channel"))
   include_dense = bool(cfg.get("include_dense", False))
   cut = float(cfg.get("cut", 0.05))
-  _check_real("config.algorithm.energy", energy, low=0.0, high=1.0, low_open=True)
-  _check_real("config.algorithm.nuclear", nuclear, low=0.0)
-  _check_real("config.algorithm.cut", cut, low=0.0)
+  check_real("config.algorithm.energy", energy, low=0.0, high=1.0, low_open=True, scalar=True)
+  check_real("config.algorithm.nuclear", nuclear, low=0.0, scalar=True)
+  check_real("config.algorithm.cut", cut, low=0.0, scalar=True)
   if scheme not in SCHEMES:
     raise ValueError(f"config.algorithm.scheme must be one of {SCHEMES}, got {scheme!r}")
   pattern = cfg.get("filter_regex", "") or ""

@@ -78,7 +78,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from sparsejax import _util
@@ -176,27 +175,12 @@ def init_rarts(weights: Any, alphas: Any, weights_tx: optax.GradientTransformati
 # ----------------------------------------------------------------------------
 
 
-def _check_nonneg(name: str, value: Any) -> None:
-  v = _util.concrete(value)
-  if v is None:
-    return
-  if v.ndim != 0 or not np.issubdtype(v.dtype, np.number) or not v >= 0 or not np.isfinite(v):
-    raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
-
-
 def _check_xi(xi: Any) -> None:
   if xi is None:
     raise ValueError("xi must be a number >= 0 or a schedule step -> number (DARTS uses the "
                      "weights' learning rate), got xi=None")
   if not callable(xi):
-    _check_nonneg("xi", xi)
-
-
-def _check_positive(name: str, value: Any) -> None:
-  v = _util.concrete(value)
-  if v is not None and (v.ndim != 0 or not np.issubdtype(v.dtype, np.number) or not v > 0
-                        or not np.isfinite(v)):
-    raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+    _util.check_real("xi", xi, low=0.0, scalar=True, finite=True)
 
 
 def _value(x: optax.ScalarOrSchedule, step: jax.Array) -> jax.Array:
@@ -317,7 +301,7 @@ def darts_step(loss_fn: LossFn, weights_tx: optax.GradientTransformation,
     raise ValueError(f"order must be 1 or 2, got order={order!r}")
   if hessian not in HESSIAN_MODES:
     raise ValueError(f"hessian must be one of {HESSIAN_MODES}, got hessian={hessian!r}")
-  _check_positive("fd_epsilon", fd_epsilon)
+  _util.check_real("fd_epsilon", fd_epsilon, low=0.0, low_open=True, scalar=True, finite=True)
   if order == 2:
     _check_xi(xi)
   grads, val_loss_fn, val_grads = _train_val_grads(loss_fn, grads_fn, val_loss_fn, val_grads_fn)
@@ -387,8 +371,8 @@ def rarts_step(loss_fn: LossFn, weights_tx: optax.GradientTransformation,
     old ``w``), ``val_loss`` (:math:`L_{val}` at the old ``y``), ``train_aux``,
     ``val_aux``, ``coupling`` (:math:`\|y - w\|^2` after the sweep).
   """
-  _check_nonneg("lam", lam)
-  _check_nonneg("beta", beta)
+  _util.check_real("lam", lam, low=0.0, scalar=True, finite=True)
+  _util.check_real("beta", beta, low=0.0, scalar=True, finite=True)
   if alpha_update not in ALPHA_UPDATES:
     raise ValueError(f"alpha_update must be one of {ALPHA_UPDATES}, got "
                      f"alpha_update={alpha_update!r}")

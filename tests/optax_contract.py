@@ -1,8 +1,10 @@
 """Shared pieces of the Optax contract tests run on every sparsejax transform."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 
 def multisteps_and_reference(inner: optax.GradientTransformation, params, grads: list, k: int = 2,
@@ -46,3 +48,20 @@ def run_updates(tx: optax.GradientTransformation, params, grads: list, jit: bool
 def assert_trees_close(actual, desired, rtol: float = 1e-6, atol: float = 1e-7):
   """``np.testing.assert_allclose`` on every pair of leaves (the structures must match)."""
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol), actual, desired)
+
+
+def nnx_optimizer_step(model: nnx.Module, tx: optax.GradientTransformation, x):
+  """One jitted ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` step on the loss ``mean(model(x)²)``.
+
+  The model is updated in place. Returns ``(optimizer, grads)`` with the
+  gradients at the parameters before the step, to build the expected update.
+  """
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt):
+    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    opt.update(model, grads)
+    return grads
+
+  return opt, step(model, opt)

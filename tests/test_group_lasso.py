@@ -19,7 +19,8 @@ from sparsejax.optim.group_lasso import (
     KINDS, SparseGroupLassoState, group_axis, sgl_report, sparse_group_lasso,
     sparse_group_lasso_from_config, sparse_params)
 from fake_data import write_fake_mnist
-from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
+from optax_contract import (assert_trees_close, multisteps_and_reference,
+                            nnx_optimizer_step, run_updates)
 
 LAM, BETA0, N, A = 0.1, 2.5, 7.0, 0.8
 
@@ -328,17 +329,9 @@ def test_nnx_optimizer():
   model = _ConvNet(nnx.Rngs(0))
   eta = 0.1
   tx = optax.chain(sparse_group_lasso(LAM, BETA0, num_examples=N, kind="l1"), optax.sgd(eta))
-  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 6, 6, 2)), jnp.float32)
   w0 = {k: np.asarray(getattr(model, k).kernel[...], np.float64) for k in ("conv", "fc")}
-
-  @nnx.jit
-  def step(model, opt):
-    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
-    opt.update(model, grads)
-    return grads
-
-  grads = step(model, opt)
+  opt, grads = nnx_optimizer_step(model, tx, x)
   for name in ("conv", "fc"):
     u = _np_threshold("l1", w0[name], LAM / BETA0)
     g = (np.asarray(getattr(grads, name).kernel[...]) + BETA0 / N * (w0[name] - u)

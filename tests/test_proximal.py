@@ -13,7 +13,8 @@ from flax import nnx
 from sparsejax import prox
 from sparsejax.optim import find_states
 from sparsejax.optim.proximal_gradient import ProximalState, proximal, proximal_from_config
-from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
+from optax_contract import (assert_trees_close, multisteps_and_reference,
+                            nnx_optimizer_step, run_updates)
 
 
 def _orthonormal(n, d, seed):
@@ -208,18 +209,10 @@ class _MLP(nnx.Module):
 
 def test_nnx_optimizer():
   model = _MLP(nnx.Rngs(0))
-  opt = nnx.Optimizer(model, optax.chain(optax.sgd(0.1), proximal(prox.l1, 0.5, 0.1)),
-                      wrt=nnx.Param)
+  tx = optax.chain(optax.sgd(0.1), proximal(prox.l1, 0.5, 0.1))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 6)), jnp.float32)
   before = {k: np.asarray(getattr(model, k).kernel[...]) for k in ("fc1", "fc2")}
-
-  @nnx.jit
-  def step(model, opt):
-    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
-    opt.update(model, grads)
-    return grads
-
-  grads = step(model, opt)
+  opt, grads = nnx_optimizer_step(model, tx, x)
   for name in ("fc1", "fc2"):
     want = _soft(before[name] - 0.1 * np.asarray(getattr(grads, name).kernel[...]), 0.05)
     np.testing.assert_allclose(np.asarray(getattr(model, name).kernel[...]), want,

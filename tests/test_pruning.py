@@ -12,7 +12,8 @@ from flax import nnx
 from sparsejax import masks as masks_lib
 from sparsejax import schedules
 from sparsejax.optim import MagnitudePruningState, find_states, magnitude_pruning
-from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
+from optax_contract import (assert_trees_close, multisteps_and_reference,
+                            nnx_optimizer_step, run_updates)
 
 
 def _params(seed=0):
@@ -180,17 +181,9 @@ def test_nnx_optimizer():
   model = _MLP(nnx.Rngs(0))
   tx = optax.chain(optax.sgd(0.1), magnitude_pruning(0.75, begin_step=0, end_step=0,
                                                      update_every=1))
-  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x = jnp.ones((8, 16))
   before = {k: np.asarray(getattr(model, k).kernel[...]) for k in ("fc1", "fc2")}
-
-  @nnx.jit
-  def step(model, opt):
-    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
-    opt.update(model, grads)
-    return grads
-
-  grads = step(model, opt)
+  _, grads = nnx_optimizer_step(model, tx, x)
   for name in ("fc1", "fc2"):
     kernel = np.asarray(getattr(model, name).kernel[...])
     proposed = before[name] - 0.1 * np.asarray(getattr(grads, name).kernel[...])

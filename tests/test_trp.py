@@ -17,7 +17,8 @@ from sparsejax.optim.trp import (NuclearSubgradientState, TrainedRankPruningStat
                                  add_nuclear_subgradient, low_rank_params,
                                  trained_rank_pruning, trp_chain)
 from fake_data import write_fake_cifar10
-from optax_contract import assert_trees_close, multisteps_and_reference, run_updates
+from optax_contract import (assert_trees_close, multisteps_and_reference,
+                            nnx_optimizer_step, run_updates)
 
 SCHEMES = ("channel", "spatial")
 
@@ -355,16 +356,8 @@ def test_nnx_optimizer(scheme):
   model = _ConvNet(nnx.Rngs(0))
   before = np.asarray(model.conv1.kernel[...])
   tx = trp_chain(optax.sgd(0.1), energy=0.5, nuclear=1e-3, scheme=scheme)
-  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x = jnp.asarray(_rng(7).normal(size=(4, 6, 6, 3)), jnp.float32)
-
-  @nnx.jit
-  def step(model, opt):
-    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
-    opt.update(model, grads)
-    return grads
-
-  grads = step(model, opt)
+  opt, grads = nnx_optimizer_step(model, tx, x)
   ranks = find_states(opt.opt_state, TrainedRankPruningState)[0].ranks
   r = int(ranks["conv2"]["kernel"].get_value())  # nnx.Optimizer wraps state leaves
   m = trp.to_matrix(model.conv2.kernel[...], scheme)

@@ -265,9 +265,13 @@ def test_vgg_and_lenet_custom_widths_shapes():
   assert (mlp["fc1/kernel"], mlp["fc2/kernel"], mlp["fc3/kernel"]) == ((784, 17), (17, 3), (3, 10))
 
 
+# The config round trip does not depend on size: the 20-cell DARTS network takes ~20 s to trace.
+_SMALL = {"darts_eval": dict(num_cells=5, widths=[8, 16, 32])}
+
+
 @pytest.mark.parametrize("name", models.MODELS)
 def test_config_rebuilds_same_model(name):
-  model = abstract(name)  # cached: the same abstract model as in test_param_counts
+  model = abstract(name, **_SMALL.get(name, {}))  # cached: shared with test_param_counts
   cfg = model.config
   assert "rngs" not in cfg and cfg["num_classes"] == 10
   json.dumps(cfg)  # plain python values only

@@ -14,6 +14,7 @@ Re-running with the same --workdir resumes.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -21,6 +22,8 @@ from absl import logging
 from ml_collections import config_flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Configs import each other as `configs.<name>`: put the repository root on the path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the stages' runs and reports.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. "

@@ -14,7 +14,7 @@ endif
 endif
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test install install-test clean
 
 $(VENV)/.stamp-base: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

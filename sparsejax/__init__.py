@@ -6,8 +6,12 @@ Pure functions on parameter pytrees (``sparsejax.masks``, ``sparsejax.prox``,
 (``sparsejax.kernels``, ``sparsejax.nn``), input pipelines
 (``sparsejax.data``), channel removal and low-rank export
 (``sparsejax.compact``, ``sparsejax.lowrank``), sharded training
-(``sparsejax.parallel``) and a config-driven trainer (``sparsejax.train``);
-the modules in the second half are imported on demand.
+(``sparsejax.parallel``), architecture search (``sparsejax.search``) and a
+config-driven trainer (``sparsejax.train``, ``sparsejax.pipelines``).
+``import sparsejax`` loads the pure-function, transform, model, kernel and
+layer modules listed below; import the others explicitly
+(``from sparsejax import compact``), so that using the transforms does not
+load orbax, grain or TFDS.
 """
 
 from sparsejax import kernels

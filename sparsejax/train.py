@@ -6,7 +6,7 @@ learning-rate schedule, and a sparsity algorithm; this module builds them,
 trains with jitted steps, evaluates, checkpoints with orbax (resuming
 automatically from the newest good checkpoint) and writes a report.
 
-Sharded training: with ``config.mesh`` set (e.g. ``{"data": -1, "model": 2}``)
+Sharded training: with ``config.mesh`` set (e.g. ``"data=-1,model=2"``)
 the state is placed on that mesh by ``config.sharding_rules`` (see
 :mod:`sparsejax.parallel`; optimizer state like its parameters), batches are
 split over ``"data"`` and the step is jitted with in/out shardings.

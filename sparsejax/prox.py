@@ -372,8 +372,9 @@ def _group_scale(x, mu, axis):
   sq = jnp.sum(x * x, axis=red, keepdims=True)
   pos = sq > 0
   norm = jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-  active = norm > mu
-  return jnp.where(active, 1.0 - mu / jnp.where(active, norm, 1.0), 0.0)
+  # mu = 0 is the identity, zero groups included (so their gradient is 1, not 0).
+  active = (norm > mu) | (mu == 0)
+  return jnp.where(active, 1.0 - mu / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
 def group_l2(x: ArrayLike, lam: ArrayLike, axis: int = -1) -> jax.Array:

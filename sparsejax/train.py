@@ -577,8 +577,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     extra.update(algorithm.report(state.params, state.opt_state))
   if algorithm.eval_params:
     sparse = jax.jit(algorithm.eval_params)(state.params, state.opt_state)
-    extra["sparse_test_accuracy"] = evaluate(
-        eval_step, sparse, state.model_state, test_ds, config.get("eval_batch_size", 1000))["accuracy"]
+    sparse_m = evaluate(eval_step, sparse, state.model_state, test_ds,
+                        config.get("eval_batch_size", 1000))
+    extra["sparse_test_accuracy"] = sparse_m["accuracy"]
+    extra["sparse_test_loss"] = sparse_m["loss"]
     extra["sparse_sparsity"] = _pruned_fraction(sparse)
   if config.get("compact", False):
     final_params = sparse if algorithm.eval_params else state.params

@@ -202,6 +202,15 @@ def test_decompose_options():
   # Decomposing twice leaves the factored layers alone.
   again = lowrank.decompose(lowrank.decompose(model, cut=1e-3), cut=1e-3)
   assert set(lowrank.factored_layers(again)) == set(ranks)
+  # The lossless options still compute the model's function (the forced one at full rank;
+  # energy=0.5 above truncates further, so with_fc is not one of them).
+  x = jnp.asarray(_rng(5).normal(size=(2, 32, 32, 3)), jnp.float32)
+  want = np.asarray(model(x))
+  for other in (kept, again):
+    np.testing.assert_allclose(np.asarray(other(x)), want, atol=1e-4, rtol=1e-4)
+  full.eval()
+  forced.eval()
+  np.testing.assert_allclose(np.asarray(forced(x)), np.asarray(full(x)), atol=1e-4, rtol=1e-4)
 
 
 def test_bad_arguments():

@@ -203,6 +203,8 @@ def test_final_per_leaf_sparsity_follows_distribution(distribution):
     u, state = tx.update(_grads(t), state, params)
     params = optax.apply_updates(params, u)
   want = masks_lib.leaf_sparsities(_params(), 0.7, distribution=distribution)
+  if isinstance(distribution, dict):  # a mapping is taken as given
+    assert {l: float(want[l]["kernel"]) for l in ("conv", "dense")} == pytest.approx(distribution)
   for layer in ("conv", "dense"):
     k = np.asarray(params[layer]["kernel"])
     assert (k == 0).sum() == math.floor(np.float32(want[layer]["kernel"]) * k.size)

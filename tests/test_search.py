@@ -184,6 +184,62 @@ def _expected_eval_params(g, num_cells, widths, stem_mult=3, in_ch=3, classes=10
   return total + p * classes + classes
 
 
+def _np_pool3(x, kind):
+  """3x3 stride-1 pooling with padding 1 (the average over the in-image entries only)."""
+  n, h, w, c = x.shape
+  fill = -np.inf if kind == "max" else 0.0
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
+  ones = np.pad(np.ones((h, w)), 1)
+  out = np.zeros_like(x)
+  for i in range(h):
+    for j in range(w):
+      win = xp[:, i:i + 3, j:j + 3]
+      out[:, i, j] = win.max(axis=(1, 2)) if kind == "max" else (
+          win.sum(axis=(1, 2)) / ones[i:i + 3, j:j + 3].sum())
+  return out
+
+
+def test_eval_cell_wires_edges_as_the_genotype_says():
+  # node 2 = skip(s1) + avg(s0); node 3 = max(node 2) + skip(s0); output concat(node 2, node 3).
+  edges = [("skip_connect", 1), ("avg_pool_3x3", 0), ("max_pool_3x3", 2), ("skip_connect", 0)]
+  cell = darts_lib.DartsEvalCell(edges, (2, 3), prev_prev_features=3, prev_features=5,
+                                 features=4, reduction=False, reduce_input=False,
+                                 norm=lambda c, rngs: nnx.BatchNorm(c, rngs=rngs),
+                                 rngs=nnx.Rngs(0))
+  cell.eval()
+  r = np.random.default_rng(3)
+  s0 = jnp.asarray(r.normal(size=(2, 5, 6, 3)), jnp.float32)
+  s1 = jnp.asarray(r.normal(size=(2, 5, 6, 5)), jnp.float32)
+  h0, h1 = np.asarray(cell.pre0(s0), np.float64), np.asarray(cell.pre1(s1), np.float64)
+  n2 = h1 + _np_pool3(h0, "avg")
+  n3 = _np_pool3(n2, "max") + h0
+  np.testing.assert_allclose(np.asarray(cell(s0, s1)), np.concatenate([n2, n3], axis=-1),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_search_cell_sums_every_edge_in_the_documented_order():
+  # steps=2: edges (j -> node) are e0 (s0 -> n0), e1 (s1 -> n0), e2 (s0 -> n1), e3 (s1 -> n1),
+  # e4 (n0 -> n1); mixing "none", "skip_connect" and "avg_pool_3x3" (+ its batch-stat norm).
+  cell = search.SearchCell(steps=2, multiplier=2, prev_prev_features=3, prev_features=5,
+                           features=4, reduction=False, reduce_input=False,
+                           primitives=("none", "skip_connect", "avg_pool_3x3"),
+                           rngs=nnx.Rngs(0))
+  r = np.random.default_rng(4)
+  s0 = jnp.asarray(r.normal(size=(2, 5, 6, 3)), jnp.float32)
+  s1 = jnp.asarray(r.normal(size=(2, 5, 6, 5)), jnp.float32)
+  w = jnp.asarray(r.uniform(0.1, 1.0, size=(5, 3)), jnp.float32)  # distinct per edge
+
+  def mixed(e, h):
+    pool_norm = cell.edges[e].ops[2]  # the op modules themselves; the wiring is under test
+    return w[e, 1] * h + w[e, 2] * pool_norm(h)
+
+  h0, h1 = cell.pre0(s0), cell.pre1(s1)
+  n0 = mixed(0, h0) + mixed(1, h1)
+  n1 = mixed(2, h0) + mixed(3, h1) + mixed(4, n0)
+  np.testing.assert_allclose(np.asarray(cell(s0, s1, w)), np.concatenate([n0, n1], axis=-1),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_eval_network_from_genotype(tmp_path):
   g = search.DARTS_V2
   path = search.save_genotype(g, tmp_path / "g.json")

@@ -18,4 +18,5 @@ def test_sparse_layers_notebook():
   # hidden blocks costs accuracy and 150 fine-tuning steps through SparseLinear win it back.
   assert result["dense_accuracy"] > 0.85
   assert result["finetuned_accuracy"] > 0.85
-  assert result["finetuned_accuracy"] > result["pruned_accuracy"] - 0.01
+  # (full MNIST, 2026-12-04: dense 0.95, pruned 0.52, fine-tuned 0.92)
+  assert result["finetuned_accuracy"] > result["pruned_accuracy"] + 0.05

@@ -18,4 +18,8 @@ def test_proximal_slimming_notebook():
   assert r["removable_gamma_max"] < 0.25 * r["kept_gamma_median"]
   # ... so their filters carry nothing: zeroing their gamma leaves the accuracy.
   assert abs(r["accuracy"]["gamma_zeroed"] - r["accuracy"]["trained"]) <= 0.01
-  assert np.isfinite(r["accuracy"]["channels_deleted"])
+  # Deleting them (shift zeroed too) and compacting: the smaller dense model keeps exactly
+  # the kept channels per layer (at least one) and the deleted model's predictions.
+  assert r["compacted_widths"] == [max(n, 1) for n in r["channels_left"]]
+  assert abs(r["accuracy"]["compacted"] - r["accuracy"]["channels_deleted"]) <= 1e-3
+  assert r["params"][1] < r["params"][0] and r["macs"][1] < r["macs"][0]

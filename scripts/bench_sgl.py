@@ -73,7 +73,6 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import lenet5_mnist_sgl  # pylint: disable=wrong-import-position
-from sparsejax import data as data_lib  # pylint: disable=wrong-import-position
 from sparsejax import models  # pylint: disable=wrong-import-position
 from sparsejax import prox  # pylint: disable=wrong-import-position
 from sparsejax import train  # pylint: disable=wrong-import-position
@@ -204,9 +203,7 @@ def base_config(args, kind: str = "l0"):
 
 def _u_evaluator(args, config):
   """Evaluates a params tree on the (subset of the) test split."""
-  test = data_lib.load("mnist", "test", data_dir=config.data.get("dir"))
-  if args.test_subset and args.test_subset < len(test.labels):
-    test = data_lib.subset(test, args.test_subset, seed=config.seed)
+  test = train.load_data(config, "test")  # the trainer's test set
   model = models.get_model("lenet5", num_classes=10, rngs=nnx.Rngs(0))
   state, _, eval_def = train.create_train_state(model, optax.identity())
   eval_step = train.make_eval_step(eval_def)

@@ -54,7 +54,6 @@ from flax import nnx  # pylint: disable=wrong-import-position
 
 from configs import resnet_cifar10_trp  # pylint: disable=wrong-import-position
 from sparsejax import compact  # pylint: disable=wrong-import-position
-from sparsejax import data as data_lib  # pylint: disable=wrong-import-position
 from sparsejax import lowrank  # pylint: disable=wrong-import-position
 from sparsejax import models  # pylint: disable=wrong-import-position
 from sparsejax import pipelines  # pylint: disable=wrong-import-position
@@ -103,10 +102,7 @@ def _model(c, state) -> nnx.Module:
 
 
 def _test_set(c):
-  ds = data_lib.load(c.dataset, "test", data_dir=c.data.get("dir"))
-  if c.data.get("test_subset") and int(c.data.test_subset) < len(ds.labels):
-    ds = data_lib.subset(ds, int(c.data.test_subset), seed=c.seed)
-  return ds
+  return train.load_data(c, "test")
 
 
 def _accuracy(model, ds, batch_size: int) -> float:

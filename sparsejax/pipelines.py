@@ -170,24 +170,31 @@ def load_final_state(config, workdir: str) -> train.TrainState:
 
   Raises:
     FileNotFoundError: if the workdir holds no checkpoint.
-    sparsejax.checkpoint.CheckpointError: if none can be restored.
+    sparsejax.checkpoint.CheckpointError: if none can be restored, or the run
+      finished (its ``report.json`` names its last step) but that step's
+      checkpoint is not the newest usable one.
   """
   target, _, _ = _build(config)
-  manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  directory = os.path.join(workdir, "checkpoints")
+  manager = ckpt_lib.CheckpointManager(directory)
   state = manager.restore_latest(target)
   if state is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  report_path = os.path.join(workdir, "report.json")
+  if os.path.exists(report_path):
+    with open(report_path) as f:
+      final = json.load(f).get("steps")
+    if final is not None and int(state.step) != int(final):
+      raise ckpt_lib.CheckpointError(
+          f"the run in {workdir} finished at step {final}, but the newest usable checkpoint "
+          f"is step {int(state.step)}; rerun its training to restore the final state")
   return state
 
 
 def evaluate_state(config, state: train.TrainState) -> dict:
   """Test loss and accuracy of ``state`` on the config's test split (and subset)."""
   _, _, eval_def = _build(config)
-  dcfg = config.get("data", ml_collections.ConfigDict())
-  test_ds = data_lib.load(config.dataset, "test", data_dir=dcfg.get("dir"),
-                          tfds_data_dir=dcfg.get("tfds_data_dir"))
-  if dcfg.get("test_subset") and int(dcfg.test_subset) < len(test_ds.labels):
-    test_ds = data_lib.subset(test_ds, int(dcfg.test_subset), seed=config.seed)
+  test_ds = train.load_data(config, "test")
   return train.evaluate(train.make_eval_step(eval_def), state.params, state.model_state,
                         test_ds, config.get("eval_batch_size", 1000))
 

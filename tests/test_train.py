@@ -79,15 +79,25 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
   resumed = train.train_and_evaluate(cfg, str(tmp_path / "b"))
   assert resumed["params_sha256"] == full["params_sha256"]
   assert resumed["test_accuracy"] == full["test_accuracy"]
-  # metrics.jsonl has each epoch once, as in the uninterrupted run.
+  # metrics.jsonl has each epoch once, with the uninterrupted run's values: the
+  # interrupted epoch's training loss and accuracy count its steps before the stop too.
   lines = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [20, 40, 60, 80]
+  assert _without_times(lines) == _without_times(_metrics(tmp_path / "a"))
   # The time per epoch covers the epochs before the interruption too, and a
   # finished run opened again still reports it.
   expected = float(np.median([l["epoch_seconds"] for l in lines][1:]))
   assert resumed["seconds_per_epoch"] == pytest.approx(expected)
   again = train.train_and_evaluate(cfg, str(tmp_path / "b"))
   assert again["seconds_per_epoch"] == pytest.approx(expected)
+
+
+def _metrics(workdir):
+  return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _without_times(lines):
+  return [{k: v for k, v in l.items() if k != "epoch_seconds"} for l in lines]
 
 
 def _corrupt_step(workdir, step):
@@ -113,8 +123,34 @@ def test_corrupted_newest_checkpoint_falls_back(data_dir, tmp_path):
   steps = ckpt_lib.CheckpointManager(os.path.join(wd, "checkpoints")).all_steps()
   assert steps[-1] == 33
   _corrupt_step(wd, 33)
-  resumed = train.train_and_evaluate(cfg, wd)
+  resumed = train.train_and_evaluate(cfg, wd)  # from step 30, mid-epoch
   assert resumed["params_sha256"] == full["params_sha256"]
+  assert _without_times(_metrics(wd)) == _without_times(_metrics(str(tmp_path / "a")))
+  assert "33.unusable" in os.listdir(os.path.join(wd, "checkpoints"))
+
+
+def test_corrupted_final_checkpoint_is_saved_again(data_dir, tmp_path):
+  from sparsejax import pipelines  # pylint: disable=import-outside-toplevel
+  cfg = _config(data_dir, num_epochs=2)
+  wd = str(tmp_path / "run")
+  full = train.train_and_evaluate(cfg, wd)
+  _corrupt_step(wd, 40)
+  # The finished run's final state is gone: loading it says so, not the step-30 state.
+  with pytest.raises(ckpt_lib.CheckpointError, match="finished at step 40.*step 30"):
+    pipelines.load_final_state(cfg, wd)
+  # Running it again trains steps 31-40 again and saves step 40 afresh.
+  again = train.train_and_evaluate(cfg, wd)
+  assert again["params_sha256"] == full["params_sha256"]
+  state = pipelines.load_final_state(cfg, wd)
+  assert int(state.step) == 40
+  assert ckpt_lib.tree_digest(state.params) == full["params_sha256"]
+
+
+def test_checkpoint_past_the_configs_length_is_an_error(data_dir, tmp_path):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(_config(data_dir, num_epochs=1), wd)
+  with pytest.raises(ValueError, match=r"checkpoint at step 20, past this config's 10 steps"):
+    train.train_and_evaluate(_config(data_dir, num_epochs=0.5), wd)
 
 
 def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):
@@ -132,10 +168,62 @@ def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):
     ("algorithm.name", "rigl", r"config.algorithm.name must be one of .*magnitude_pruning"),
     ("optimizer.name", "lamb", r"config.optimizer.name must be one of"),
     ("compact_multiple_of", 0, r"config.compact_multiple_of must be a positive int, got 0"),
+    ("num_epochs", 0.01, r"config.num_epochs=0.01 is 0 steps at 20 steps per epoch"),
+    ("num_epochs", float("nan"), r"config.num_epochs must be a positive finite number, got nan"),
+    ("eval_batch_size", 0, r"config.eval_batch_size must be a positive int, got 0"),
+    ("stop_after_steps", 0, r"config.stop_after_steps must be a positive int or None, got 0"),
+    ("data.train_subset", 0, r"config.data.train_subset must be a positive int or None, got 0"),
+    ("data.test_subset", -5, r"config.data.test_subset must be a positive int or None, got -5"),
 ])
 def test_unknown_names_in_config(data_dir, tmp_path, field, value, match):
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(_config(data_dir, **{field: value}), str(tmp_path / "w"))
+
+
+def test_warmup_longer_than_the_run_is_an_error(data_dir, tmp_path):
+  c = _config(data_dir, **{"lr.schedule": "warmup_cosine", "lr.warmup_epochs": 4})
+  with pytest.raises(ValueError, match=r"config.lr.warmup_epochs=4 is 80 steps, not fewer "
+                                       r"than the run's 80 steps"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+
+
+def test_step_schedule_boundaries_on_the_same_step_compound():
+  c = default_config.get_config()
+  c.lr.schedule, c.lr.base, c.lr.factor = "step", 1.0, 0.1
+  c.lr.boundaries_epochs = (1.0, 1.2, 3.0)  # steps 2, 2 (2.4 rounded) and 6 at 2 per epoch
+  lr = train.make_lr_schedule(c, 2, 10)
+  np.testing.assert_allclose([float(lr(t)) for t in (0, 1, 2, 5, 6, 9)],
+                             [1.0, 1.0, 1e-2, 1e-2, 1e-3, 1e-3], rtol=1e-6)
+
+
+def test_metrics_writer_drops_a_truncated_last_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  full = [{"step": 20, "epoch_seconds": 1.5}, {"step": 40, "epoch_seconds": 2.5},
+          {"step": 60, "epoch_seconds": 3.5}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in full) + '{"step": 80, "trai')
+  w = train.MetricsWriter(str(tmp_path), 40)
+  assert [json.loads(l) for l in path.read_text().splitlines()] == full[:2]
+  assert w.epoch_seconds == [1.5, 2.5]
+  # A bad line in the middle is not a crash artifact: a clear error, file untouched.
+  text = json.dumps(full[0]) + "\n{oops\n" + json.dumps(full[1]) + "\n"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not JSON"):
+    train.MetricsWriter(str(tmp_path), 40)
+  assert path.read_text() == text
+
+
+def test_test_subset_is_the_same_for_every_seed(data_dir):
+  c0 = _config(data_dir, **{"data.train_subset": 300, "data.test_subset": 50})
+  c1 = _config(data_dir, seed=1, **{"data.train_subset": 300, "data.test_subset": 50})
+  t0, t1 = train.load_data(c0, "test"), train.load_data(c1, "test")
+  np.testing.assert_array_equal(t0.images, t1.images)
+  full = train.load_data(_config(data_dir), "test")
+  assert len(t0.labels) == 50 and len(full.labels) > 50
+  from sparsejax import data as data_lib  # pylint: disable=import-outside-toplevel
+  np.testing.assert_array_equal(t0.images, data_lib.subset(full, 50, seed=0).images)
+  # The training subset follows the seed.
+  a, b = train.load_data(c0, "train"), train.load_data(c1, "train")
+  assert len(a.labels) == 300 and not np.array_equal(a.images, b.images)
 
 
 def test_unwritable_workdir(data_dir, tmp_path):

@@ -255,6 +255,15 @@ def _as_labels(y: np.ndarray, name: str, n: int, where: str) -> np.ndarray:
     raise ValueError(
         f"{where}: expected {n} labels to match the images, got {y.shape[0]}."
     )
+  if y.dtype == bool or not np.issubdtype(y.dtype, np.number):
+    raise ValueError(f"{where}: labels must be integers, got dtype {y.dtype}.")
+  if y.size and not np.issubdtype(y.dtype, np.integer):
+    bad = y[y != np.round(y)]
+    if bad.size:
+      raise ValueError(
+          f"{where}: labels must be integers, got dtype {y.dtype} with "
+          f"non-integer values such as {bad[0]!r}."
+      )
   if y.size and (y.min() < 0 or y.max() >= num_classes):
     raise ValueError(
         f"{where}: labels must lie in [0, {num_classes}), got range "

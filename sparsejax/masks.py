@@ -46,6 +46,7 @@ from sparsejax import tree as tree_lib
 __all__ = [
     "DISTRIBUTIONS",
     "num_to_prune",
+    "pow2_normalized",
     "kth_smallest_abs",
     "leaf_sparsities",
     "erk_densities",
@@ -78,6 +79,30 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def _as_float(value) -> float:
+  """A concrete scalar as a Python float; a narrower float (float32, bf16, ...) as
+  the shortest decimal that rounds to it, so that ``np.float32(0.7)`` counts as
+  0.7, not 0.699999988, and eager code agrees with its jitted version."""
+  a = np.asarray(value)
+  v = float(a)
+  if not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype.itemsize >= 8 or not math.isfinite(v):
+    return v
+  for digits in range(1, 18):
+    d = float(f"{v:.{digits}g}")
+    if np.asarray(d, a.dtype) == a:
+      return d
+  return v
+
+
+def pow2_normalized(a: jax.Array) -> jax.Array:
+  """``a`` (non-negative, float32) times the power of two that puts its finite
+  maximum in ``[0.5, 1)``: exact, so rankings and ties are unchanged, and sums
+  of squares neither overflow nor underflow to all-equal scores."""
+  finite = jnp.where(jnp.isfinite(a), a, 0.0)
+  _, e = jnp.frexp(jnp.max(finite, initial=0.0))
+  return jnp.ldexp(a, -e)
+
+
 def _check_sparsity(sparsity, argname: str = "sparsity"):
   """Validates a concrete sparsity; returns it as a Python float (or the tracer)."""
   if not _is_concrete(sparsity):
@@ -89,7 +114,7 @@ def _check_sparsity(sparsity, argname: str = "sparsity"):
   if np.ndim(sparsity) != 0:
     raise ValueError(f"{argname} must be a scalar in [0, 1), got shape {np.shape(sparsity)}")
   try:
-    value = float(sparsity)
+    value = _as_float(sparsity)
   except (TypeError, ValueError):
     raise ValueError(f"{argname} must be a number in [0, 1), got {sparsity!r}") from None
   if not 0.0 <= value < 1.0:  # also rejects NaN
@@ -104,10 +129,16 @@ def num_to_prune(size: int, sparsity) -> int | jax.Array:
   gives 29 although ``0.29 * 100 == 28.999999999999996`` in float64:
 
   * concrete ``s``: ``floor(s * size * (1 + 1e-12))`` in float64, a Python int;
-  * traced ``s``: ``floor(s * size * (1 + 2**-21))`` in float32, an ``int32``
-    scalar. This equals the concrete result except when ``s * size`` lies within
-    a relative ``2**-21`` below an integer or exceeds ``2**24`` (where float32
-    cannot hold every integer), where it may differ by one or a few.
+    a float32 (or narrower) ``s`` is first read as the shortest decimal that
+    rounds to it (``np.float32(0.7)`` as 0.7);
+  * traced ``s``: ``x = s * size`` in float32, then ``floor(x)``, plus one when
+    ``x`` lies less than a relative ``2**-22`` below the next integer (twice
+    the float32 error of a decimal ``s`` and of the product), an ``int32``
+    scalar. This equals the concrete result except when the exact ``s * size``
+    itself lies within that distance below an integer (for two-digit
+    sparsities: never below ``size = 40000``), where it is one more; from
+    ``size = 2**23`` float32's resolution allows differences of about
+    ``size * 2**-23`` either way.
 
   The result is clipped to ``[0, size]``.
 
@@ -122,10 +153,11 @@ def num_to_prune(size: int, sparsity) -> int | jax.Array:
   if size > _INT32_MAX:
     raise ValueError(f"size must be at most 2**31 - 1 entries, got {size}")
   if _is_concrete(sparsity):
-    k = math.floor(float(sparsity) * size * (1.0 + 1e-12))
+    k = math.floor(_as_float(sparsity) * size * (1.0 + 1e-12))
     return min(max(k, 0), size)
-  s = jnp.asarray(sparsity, jnp.float32)
-  k = jnp.floor(s * jnp.float32(size) * jnp.float32(1.0 + 2.0**-21))
+  x = jnp.asarray(sparsity, jnp.float32) * jnp.float32(size)
+  k = jnp.floor(x)
+  k = jnp.where((x > k) & (k + 1 - x <= x * jnp.float32(2.0**-22)), k + 1, k)
   return jnp.clip(k, 0, size).astype(jnp.int32)
 
 
@@ -275,6 +307,9 @@ def erk_densities(shapes: Sequence[Sequence[int]], sparsity: float) -> list[floa
   Returns:
     One density in ``(0, 1]`` per shape, as Python floats.
   """
+  sparsity = _check_sparsity(sparsity)
+  if not _is_concrete(sparsity):
+    raise ValueError("sparsity must be a concrete number for erk_densities, got a traced value")
   sizes = [float(np.prod(s, dtype=np.float64)) for s in shapes]
   raw = [float(np.sum(s)) / n if n > 0 else 0.0 for s, n in zip(shapes, sizes)]
   budget = (1.0 - sparsity) * sum(sizes)
@@ -553,6 +588,7 @@ def block(x: jax.Array, sparsity, block_shape: Sequence[int], *, pool: str = "l2
   xb = jnp.abs(x.reshape(view).astype(jnp.float32)).reshape(split)
   inner = tuple(range(1, 2 * len(bs), 2))
   if pool == "l2":
+    xb = pow2_normalized(xb)
     scores = jnp.sum(xb * xb, axis=inner)
   elif pool == "l1":
     scores = jnp.mean(xb, axis=inner)
@@ -592,6 +628,7 @@ def channel(x: jax.Array, sparsity, *, axis: int = -1, ord=2) -> jax.Array:
   if ord == 1:
     scores = jnp.sum(a, axis=others)
   elif ord == 2:
+    a = pow2_normalized(a)
     scores = jnp.sum(a * a, axis=others)
   else:
     scores = jnp.max(a, axis=others, initial=0.0)

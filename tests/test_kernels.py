@@ -498,3 +498,53 @@ def test_pallas_variants_resolve_on_cpu():
     bsr_mod._common.resolve_interpret("yes")  # pylint: disable=protected-access
   st = nm_mod._Static((64, 64), 2, 4, 0, "auto", True, None)  # pylint: disable=protected-access
   assert nm_mod._gpu_ok(st) and not nm_mod._gpu_ok(st._replace(shape=(24, 64)))  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------------------
+# Edge cases: empty batches, bad hand-built indices, extreme magnitudes.
+
+
+def test_empty_batch_gives_empty_output_on_every_impl():
+  rng = np.random.default_rng(7)
+  w = jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)
+  bs = spk.BlockSparse.from_dense(w, masks.block(w, 0.9, (16, 16)), (16, 16))
+  nm = spk.NMSparse.from_dense(w, np.asarray(masks.n_by_m(w, 2, 4, axis=0)), 2, 4, axis=0)
+  x = jnp.zeros((0, 64), jnp.float32)
+  for impl in ("auto", "xla", "dense", "reference"):
+    assert spk.bsr_matmul(x, bs, impl=impl).shape == (0, 64)
+  for impl in ("auto", "xla", "pallas", "reference"):
+    assert spk.nm_matmul(x, nm, impl=impl, interpret=True).shape == (0, 64)
+  assert spk.bsr_matmul(jnp.zeros((3, 0, 64)), bs).shape == (3, 0, 64)
+
+
+def test_hand_built_block_indices_are_checked():
+  rng = np.random.default_rng(8)
+  w = jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)
+  bs = spk.BlockSparse.from_dense(w, masks.block(w, 0.5, (16, 16)), (16, 16))
+  x = jnp.asarray(rng.standard_normal((4, 64)), jnp.float32)
+  out_of_range = spk.BlockSparse(bs.data, bs.indices.at[0].set(7), bs.shape, bs.block_shape,
+                                 bs.counts)
+  with pytest.raises(ValueError, match=r"indices must be row-block indices in \[0, K // bk = 4\)"):
+    spk.bsr_matmul(x, out_of_range)
+  j = int(np.argmax(np.asarray(bs.counts) >= 2))  # an output block with two stored blocks
+  start = int(bs.indptr[j])
+  repeated = spk.BlockSparse(bs.data, bs.indices.at[start + 1].set(bs.indices[start]),
+                             bs.shape, bs.block_shape, bs.counts)
+  with pytest.raises(ValueError, match="strictly ascending within each output block"):
+    repeated.to_dense()
+  # A valid layout passes, and under jit (traced indices) nothing is synced.
+  np.testing.assert_allclose(jax.jit(spk.bsr_matmul)(x, bs), x @ bs.to_dense(), rtol=1e-5,
+                             atol=1e-5)
+  bal = spk.BalancedBlockSparse.from_dense(
+      w, np.asarray(spk.balanced_block_mask(w, 0.5, (16, 16))), (16, 16))
+  with pytest.raises(ValueError, match="strictly ascending"):
+    spk.BalancedBlockSparse(bal.data, bal.indices[:, ::-1], bal.shape, bal.block_shape).check()
+
+
+def test_balanced_block_mask_l2_on_extreme_magnitudes():
+  # Squared block norms of 1e20 overflow float32; scores must still rank the blocks.
+  for scale in (1e20, 1e-25):
+    w = jnp.asarray(np.kron(np.array([[1.0], [3.0], [2.0], [4.0]]), np.ones((4, 8))) * scale,
+                    jnp.float32)  # (16, 8): four row blocks of (4, 8)
+    keep = np.asarray(spk.balanced_block_mask(w, 0.5, (4, 8)))
+    np.testing.assert_array_equal(keep[::4, 0], [False, True, False, True])

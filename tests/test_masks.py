@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from fractions import Fraction
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +83,46 @@ def test_num_to_prune_concrete_and_traced(n, s, expected):
   assert masks.num_to_prune(n, s) == expected
   traced = jax.jit(lambda s: masks.num_to_prune(n, s))(s)
   assert int(traced) == expected
+  # A float32 / bf16 sparsity (a schedule's output) counts as the decimal it rounds from.
+  assert masks.num_to_prune(n, np.float32(s)) == expected
+  assert masks.num_to_prune(n, jnp.float32(s)) == expected
+  if s != 0.999:  # bf16 keeps 2-3 digits: bf16(0.999) is 1.0
+    assert masks.num_to_prune(n, jnp.bfloat16(s)) == expected
+
+
+def test_num_to_prune_float32_eager_equals_jit_on_a_sweep():
+  """Every two-digit float32 sparsity: eager == the decimal count (integer arithmetic) on
+  any size; jit == it below 40,000 entries (where a two-digit s * size that is not an
+  integer stays 0.01 below the next one, more than float32's error), at most one more
+  below 2**23, and within float32's resolution above."""
+  rng = np.random.default_rng(0)
+  sizes = np.concatenate([np.arange(1, 21), [97, 100, 101, 1000, 1024, 2**14 - 1],
+                          rng.integers(21, 40_000, 8), rng.integers(40_000, 2**23, 5),
+                          [15_316_987, 2**24 - 5]])
+  s = jnp.asarray(np.arange(100) / 100, jnp.float32)
+  for n in sizes:
+    n = int(n)
+    exact = np.arange(100) * n // 100
+    eager = [masks.num_to_prune(n, np.float32(c / 100)) for c in range(100)]
+    np.testing.assert_array_equal(eager, exact, err_msg=str(n))
+    jitted = np.asarray(jax.jit(jax.vmap(lambda t, n=n: masks.num_to_prune(n, t)))(s))
+    if n < 40_000:
+      np.testing.assert_array_equal(jitted, exact, err_msg=str(n))
+    elif n < 2**23:
+      assert np.all((jitted - exact >= 0) & (jitted - exact <= 1)), n
+    else:  # float32's resolution: about n * 2**-23 either way
+      assert np.all(np.abs(jitted - exact) <= 1 + n * 2.0**-23), n
+
+
+@pytest.mark.parametrize("n,s", [(100_000_000, 0.5), (2**31 - 1, 0.5), (2_359_296, 0.8),
+                                 (102_760_448, 0.75)])
+def test_num_to_prune_traced_large_leaves_within_float32_resolution(n, s):
+  exact = math.floor(s * n)
+  got = int(jax.jit(masks.num_to_prune, static_argnums=0)(n, s))
+  assert masks.num_to_prune(n, s) == exact
+  assert exact <= got <= exact + math.ceil(n * 2.0**-24), (got, exact)
+  if (s * n) % 1 == 0 and s * n < 2**24:
+    assert got == exact
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
@@ -463,3 +505,19 @@ _P = {"l": {"kernel": jnp.ones((4, 8))}}
 def test_bad_inputs_raise(fn, match):
   with pytest.raises(ValueError, match=match):
     fn()
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25, 1.0])
+def test_l2_scores_survive_extreme_magnitudes(scale):
+  """Squared norms of 1e20 overflow (and of 1e-25 underflow) in float32; the ranking must not."""
+  row = jnp.asarray(np.array([[1.0, 2.0, 3.0, 4.0]]) * scale, jnp.float32)
+  np.testing.assert_array_equal(masks.channel(row, 0.5), [[False, False, True, True]])
+  np.testing.assert_array_equal(masks.block(row, 0.5, (1, 1)), [[False, False, True, True]])
+  cols = jnp.tile(row, (3, 1))
+  np.testing.assert_array_equal(masks.channel(cols, 0.25)[0], [False, True, True, True])
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan")])
+def test_erk_densities_rejects_bad_sparsity(bad):
+  with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+    masks.erk_densities([(4, 4), (8, 8)], bad)

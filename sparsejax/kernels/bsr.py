@@ -317,5 +317,7 @@ def bsr_matmul(x: jax.Array, w: BlockSparse | BalancedBlockSparse, *, impl: str 
       dense = backend == "cpu" and w.nnz_blocks > cpu_dense_threshold(w.block_shape) * nb * nc
       impl = "dense" if dense else "xla"
     st = st._replace(impl=impl, scalar_prefetch=scalar_prefetch)
+  if x.size == 0:  # no rows: nothing for a kernel to tile
+    return jnp.zeros((*x.shape[:-1], w.shape[1]), jnp.result_type(x, w.data))
   y = _bsr(x.reshape(-1, w.shape[0]), w.data, w.indices, st)
   return y.reshape(*x.shape[:-1], w.shape[1])

@@ -148,6 +148,24 @@ def _is_array(x: Any) -> bool:
   return isinstance(x, (jax.Array, np.ndarray))
 
 
+def _check_ascending_rows(indices: np.ndarray, indptr: np.ndarray, nb: int) -> None:
+  """Row-block indices in ``[0, nb)`` and strictly ascending within each output block."""
+  if indices.size == 0:
+    return
+  if indices.min() < 0 or indices.max() >= nb:
+    raise ValueError(f"indices must be row-block indices in [0, K // bk = {nb}), got values "
+                     f"in [{indices.min()}, {indices.max()}]")
+  step = np.diff(indices)
+  starts = np.zeros(indices.size, bool)
+  starts[np.asarray(indptr[:-1])[np.asarray(indptr[:-1]) < indices.size]] = True
+  bad = np.nonzero((step <= 0) & ~starts[1:])[0]
+  if bad.size:
+    i = int(bad[0]) + 1
+    raise ValueError(f"indices must be strictly ascending within each output block (no "
+                     f"repeated row block), got {int(indices[i - 1])} then {int(indices[i])} "
+                     f"at stored blocks {i - 1} and {i}")
+
+
 # ---------------------------------------------------------------------------
 # Block-sparse formats.
 
@@ -260,6 +278,8 @@ class BlockSparse:
         raise ValueError(f"indices must have shape {(nnz,)}, got {tuple(self.indices.shape)}")
       if not jnp.issubdtype(self.indices.dtype, jnp.integer):
         raise TypeError(f"indices must be integers, got {self.indices.dtype}")
+      if not isinstance(self.indices, jax.core.Tracer):  # values: eagerly, on the host
+        _check_ascending_rows(np.asarray(self.indices), self.indptr, shape[0] // bs[0])
     return self
 
   def with_data(self, data: jax.Array) -> BlockSparse:
@@ -372,6 +392,10 @@ class BalancedBlockSparse:
                          f"got {tuple(self.indices.shape)}")
       if not jnp.issubdtype(self.indices.dtype, jnp.integer):
         raise TypeError(f"indices must be integers, got {self.indices.dtype}")
+      if not isinstance(self.indices, jax.core.Tracer):  # values: eagerly, on the host
+        L = self.indices.shape[1]
+        _check_ascending_rows(np.asarray(self.indices).reshape(-1),
+                              np.arange(0, nc * L + 1, max(L, 1))[:nc + 1], nb)
     return self
 
   def with_data(self, data: jax.Array) -> BalancedBlockSparse:
@@ -406,9 +430,10 @@ def balanced_block_mask(w: jax.Array, sparsity: float, block_shape: Sequence[int
       or not 0.0 <= float(sparsity) < 1.0):
     raise ValueError(f"sparsity must be a concrete number in [0, 1), got {sparsity!r}")
   nb = w.shape[0] // bs[0]
-  k = masks_lib.num_to_prune(nb, float(sparsity))
+  k = masks_lib.num_to_prune(nb, sparsity)
   a = jnp.abs(_blocks_of(w, bs).astype(jnp.float32))
   if pool == "l2":
+    a = masks_lib.pow2_normalized(a)
     scores = jnp.sum(a * a, axis=(2, 3))
   elif pool == "l1":
     scores = jnp.mean(a, axis=(2, 3))

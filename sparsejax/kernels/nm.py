@@ -258,5 +258,7 @@ def nm_matmul(x: jax.Array, w: NMSparse, *, impl: str = "auto", interpret: bool 
     backend = _common.backend()
     ok = (backend == "gpu" and _gpu_ok(st)) or (backend == "tpu" and _tpu_ok(st))
     st = st._replace(impl="pallas" if ok else "xla")
+  if x.size == 0:  # no rows: nothing for a kernel to tile
+    return jnp.zeros((*x.shape[:-1], w.shape[1]), jnp.result_type(x, w.values))
   y = _nm(x.reshape(-1, w.shape[0]), w.values, w.indices, st)
   return y.reshape(*x.shape[:-1], w.shape[1])

@@ -243,7 +243,8 @@ def kth_smallest_abs(leaves: Sequence[jax.Array] | jax.Array, k) -> jax.Array:
     leaves = [leaves]
   total = _total_size(leaves)
   if _is_concrete(k):
-    if not (np.ndim(k) == 0 and float(k) == int(k) and 0 <= int(k) <= total):
+    if isinstance(k, (bool, np.bool_)) or not (
+        np.ndim(k) == 0 and float(k) == int(k) and 0 <= int(k) <= total):
       raise ValueError(f"k must be an integer in [0, {total}] (the number of entries), got {k!r}")
     if int(k) == 0:
       return jnp.float32(-jnp.inf)

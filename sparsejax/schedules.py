@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = [
@@ -36,15 +37,21 @@ def check_fraction(name: str, value, *, allow_one: bool = False) -> None:
     raise ValueError(f"{name} must lie in {interval}, got {value!r}")
 
 
+def _is_int(v) -> bool:
+  """A Python or numpy integer (not a bool)."""
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _check_steps(begin_step: int, end_step: int, update_every: int | None = None) -> None:
   for name, v in (("begin_step", begin_step), ("end_step", end_step)):
-    if not isinstance(v, int) or v < 0:
-      raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    if not _is_int(v) or v < 0:
+      raise ValueError(f"{name} must be a non-negative int, got {v!r} ({type(v).__name__})")
   if end_step < begin_step:
     raise ValueError(
         f"end_step must be >= begin_step, got end_step={end_step} < begin_step={begin_step}")
-  if update_every is not None and (not isinstance(update_every, int) or update_every < 1):
-    raise ValueError(f"update_every must be a positive int, got {update_every!r}")
+  if update_every is not None and (not _is_int(update_every) or update_every < 1):
+    raise ValueError(f"update_every must be a positive int, got {update_every!r} "
+                     f"({type(update_every).__name__})")
 
 
 def polynomial_progress(

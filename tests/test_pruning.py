@@ -63,12 +63,30 @@ def test_is_update_step_grid():
     (dict(begin_step=5, end_step=2), "end_step must be >= begin_step"),
     (dict(update_every=0), "update_every"),
     (dict(distribution="lognormal"), "distribution"),
+    (dict(begin_step=True), r"begin_step must be a non-negative int, got True \(bool\)"),
+    (dict(update_every=2.0), r"update_every must be a positive int, got 2.0 \(float\)"),
 ])
 def test_bad_arguments(kwargs, match):
   args = dict(target_sparsity=0.5, begin_step=0, end_step=10, update_every=1)
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     magnitude_pruning(**args)
+
+
+def test_numpy_integer_steps_equal_python_ints():
+  grads = [_grads(t) for t in range(6)]
+  a, _ = run_updates(optax.chain(optax.sgd(0.1), magnitude_pruning(
+      0.5, begin_step=1, end_step=3, update_every=2)), _params(), grads)
+  b, _ = run_updates(optax.chain(optax.sgd(0.1), magnitude_pruning(
+      0.5, begin_step=np.int64(1), end_step=np.int32(3), update_every=np.int64(2))),
+      _params(), grads)
+  assert_trees_close(a, b, rtol=0, atol=0)
+  assert float(np.mean(np.asarray(b["dense"]["kernel"]) == 0)) == 0.5
+
+
+def test_kth_smallest_abs_rejects_a_bool_rank():
+  with pytest.raises(ValueError, match="k must be an integer"):
+    masks_lib.kth_smallest_abs(jnp.arange(4.0), True)
 
 
 def test_update_needs_params():

@@ -148,15 +148,20 @@ def _group_param(v: ArrayLike, name: str, shape: tuple[int, ...], axis: int,
 # ---------------------------------------------------------------------------
 
 
+def _zero_or_nan(x):
+  """0 where the map thresholds, but a NaN input stays NaN (a diverged weight
+  must not be silently zeroed)."""
+  return jnp.where(jnp.isnan(x), x, jnp.zeros_like(x))
+
+
 @jax.jit
 def _soft(x, lam):
-  zero = jnp.zeros_like(x)
-  return jnp.where(x > lam, x - lam, jnp.where(x < -lam, x + lam, zero))
+  return jnp.where(x > lam, x - lam, jnp.where(x < -lam, x + lam, _zero_or_nan(x)))
 
 
 @jax.jit
 def _hard(x, lam):
-  return jnp.where(jnp.abs(x) > jnp.sqrt(2.0 * lam), x, jnp.zeros_like(x))
+  return jnp.where(jnp.abs(x) > jnp.sqrt(2.0 * lam), x, _zero_or_nan(x))
 
 
 # The closed forms of l1/2 and transformed l1 are trigonometric solutions of
@@ -189,18 +194,24 @@ def _cubic_largest_root(k):
 def _cubic_middle_root(k):
   """Middle root of 4y^3 - 3y + k = 0 for 0 <= k <= 1: sin(arcsin(k)/3), in [0, 1/2].
 
-  Solved for e = 1/2 - y, which satisfies e^2 (6 - 4e) = 1 - k, so that the
-  double root at k = 1 (y = 1/2, e = 0) keeps its relative accuracy.
-  Seeds: the Taylor series y ~ k/3 + 0.0494 k^3 for k < 0.8, the double-root
-  expansion e ~ sqrt((1 - k)/6) above.
+  For k < 0.8 Newton runs on y itself from the Taylor seed y ~ k/3 + 0.0494 k^3
+  (the slope 12y^2 - 3 stays below -1.9 there), so a tiny root y ~ k/3 keeps
+  its relative accuracy. For k >= 0.8 it runs on e = 1/2 - y, which satisfies
+  e^2 (6 - 4e) = 1 - k, so that the double root at k = 1 (y = 1/2, e = 0)
+  keeps its relative accuracy; seed e ~ sqrt((1 - k)/6).
   """
-  d = 1.0 - k
-  e = jnp.where(k < 0.8, 0.5 - k / 3.0 - 0.0494 * k * k * k, _safe_sqrt(d / 6.0))
+  small = k < 0.8
+  ks = jnp.where(small, k, 0.0)
+  y = ks / 3.0 + 0.0494 * ks * ks * ks
+  for _ in range(_NEWTON_STEPS):
+    y = y - ((4.0 * y * y - 3.0) * y + ks) / (12.0 * y * y - 3.0)
+  d = 1.0 - jnp.where(small, 1.0, k)
+  e = _safe_sqrt(d / 6.0)
   for _ in range(_NEWTON_STEPS):
     slope = 12.0 * e * (1.0 - e)
     ok = slope > 0
     e = jnp.where(ok, e - (e * e * (6.0 - 4.0 * e) - d) / jnp.where(ok, slope, 1.0), e)
-  return 0.5 - e
+  return jnp.where(small, y, 0.5 - e)
 
 
 @jax.jit
@@ -214,7 +225,7 @@ def _half(x, lam):
   k = jnp.where(keep, (lam / 4.0) / (r * jnp.sqrt(r)), 0.0)
   k = jnp.clip(k, 0.0, math.sqrt(0.5))
   w = _cubic_largest_root(k)  # w = cos(phi'/3); 1 + cos(2 phi'/3) = 2 w^2
-  return jnp.where(keep, (4.0 / 3.0) * x * w * w, jnp.zeros_like(x))
+  return jnp.where(keep, (4.0 / 3.0) * x * w * w, _zero_or_nan(x))
 
 
 def _tl1_threshold(lam, a):
@@ -236,8 +247,8 @@ def _tl1(x, lam, a):
   v = _cubic_middle_root(k)  # v = sin(phi/6)
   # (2/3)(a+|x|)cos(phi/3) - 2a/3 + |x|/3 rewritten with
   # cos(phi/3) = 1 - 2 sin^2(phi/6): no cancellation of the a-terms.
-  mag = ax - (4.0 / 3.0) * b * v * v
-  return jnp.where(keep, jnp.sign(x) * mag, jnp.zeros_like(x))
+  mag = jnp.where(jnp.isinf(ax), ax, ax - (4.0 / 3.0) * b * v * v)  # inf: no 0 * inf
+  return jnp.where(keep, jnp.sign(x) * mag, _zero_or_nan(x))
 
 
 def l1(x: ArrayLike, lam: ArrayLike) -> jax.Array:

@@ -215,6 +215,26 @@ def test_newton_roots_match_trigonometric_closed_form_float64(name, lam, a):
   np.testing.assert_allclose(z32[keep], expected32[keep], rtol=2e-6, atol=atol32)
 
 
+@pytest.mark.parametrize("lam,a", [(1e-6, 10.0), (1e-6, 1.0), (1e-4, 100.0), (1e-3, 1.0)])
+def test_tl1_float32_small_lambda_accuracy(lam, a):
+  """Small lam or large a: the cubic's root is ~k/3, tiny; float32 must keep it to rounding.
+
+  z is compared with the same map in float64: the error may be a few float32 roundings of
+  |x| (the cancellation near the threshold, where z -> 0, is inherent), not more, and the
+  sign must never flip.
+  """
+  t = float(_threshold("tl1", lam, a))
+  x = (t * np.concatenate([1 + np.logspace(-4, 1, 300), -(1 + np.logspace(-4, 1, 300))]))
+  x32 = x.astype(np.float32)
+  z32 = np.asarray(prox.tl1(jnp.asarray(x32), lam, a), np.float64)
+  with jax.enable_x64(True):
+    z64 = np.asarray(prox.tl1(jnp.asarray(x32.astype(np.float64)), lam, a))
+  eps = float(np.finfo(np.float32).eps)
+  np.testing.assert_array_less(np.abs(z32 - z64), 4 * eps * np.abs(x32) + 1e-30)
+  clear = np.abs(z64) > 4 * eps * np.abs(x32)
+  assert np.all(np.sign(z32[clear]) == np.sign(x32[clear]))
+
+
 def test_l1_subgradient_inclusion():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(50,)) * 2
@@ -682,3 +702,13 @@ def test_traced_lam_is_not_checked_but_works():
   # Under jit lam is a tracer: no host sync, the map still computes.
   z = jax.jit(prox.l1)(jnp.array([2.0, -0.3]), jnp.float32(0.5))
   np.testing.assert_array_equal(z, [1.5, 0.0])
+
+
+@pytest.mark.parametrize("name", ["l1", "l0", "lhalf", "tl1"])
+def test_nan_stays_nan_and_infinity_stays_infinite(name):
+  """A diverged weight must not come back as a clean 0 (nor inf as NaN)."""
+  x = jnp.asarray([np.nan, np.inf, -np.inf, 0.0], jnp.float32)
+  for lam in (0.0, 0.1):
+    z = np.asarray(_apply(name, x, lam, 1.0))
+    assert np.isnan(z[0])
+    np.testing.assert_array_equal(z[1:], [np.inf, -np.inf, 0.0])

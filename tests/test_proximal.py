@@ -252,3 +252,15 @@ def test_from_config_rejects_unknown_prox():
   cfg = ml_collections.ConfigDict(dict(name="proximal", prox="scad", strength=1.0))
   with pytest.raises(ValueError, match="prox"):
     proximal_from_config(cfg, dict(steps_per_epoch=1, total_steps=1, lr_schedule=lambda t: 0.1))
+
+
+def test_float16_params_keep_a_tiny_threshold():
+  # eta * strength = 1e-8 is 0 in float16; the hard threshold sqrt(2e-8) ~ 1.4e-4 must act.
+  params = {"d": {"kernel": jnp.array([[1e-4, 5e-5], [2e-3, -3e-5]], jnp.float16)}}
+  tx = optax.chain(optax.sgd(1e-3), proximal(prox.l0, 1e-5, 1e-3))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  u, _ = tx.update(zeros, tx.init(params), params)
+  out = optax.apply_updates(params, u)["d"]["kernel"]
+  assert out.dtype == jnp.float16
+  np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                np.asarray(jnp.array([[0, 0], [2e-3, 0]], jnp.float16), np.float32))

@@ -300,7 +300,7 @@ def sparse_group_lasso(
       u = jax.tree_util.tree_map_with_path(u0, params)
     else:
       tau = jnp.asarray(lam, f32) / jnp.asarray(beta, f32)
-      u = per_leaf(lambda _, p: _threshold(kind_index, p, tau.astype(p.dtype), a), params)
+      u = per_leaf(lambda _, p: _threshold(kind_index, p, tau, a).astype(p.dtype), params)
     betas = per_leaf(lambda _, p: jnp.asarray(beta, f32), params)
     return SparseGroupLassoState(
         count=jnp.zeros([], jnp.int32), u=u, beta=betas, lam=jnp.asarray(lam, f32),
@@ -329,9 +329,8 @@ def sparse_group_lasso(
         return _Out(g)
       grows, ax, sqrt_size = info[path]
       beta_t = grown if grows else beta_0
-      dtype = p.dtype
-      tau = (lam_t / b_prev).astype(dtype)
-      u_t = jnp.where(count == 0, u_prev, _threshold(kind_index, p, tau, a))
+      tau = jnp.asarray(lam_t / b_prev, jnp.float32)  # not p's dtype: it may underflow
+      u_t = jnp.where(count == 0, u_prev, _threshold(kind_index, p, tau, a).astype(p.dtype))
       red = tuple(i for i in range(p.ndim) if i != ax)
       sq = jnp.sum(jnp.square(p.astype(jnp.float32)), axis=red, keepdims=True)
       pos = sq > 0
@@ -408,7 +407,7 @@ def sparse_params(opt_state, params):
     path = tree_lib.path_str(kp)
     if path not in betas:
       return p
-    tau = (lam / betas[path]).astype(p.dtype)
+    tau = jnp.asarray(lam, jnp.float32) / betas[path]  # float32: tau underflows in float16
     u0 = jnp.asarray(u_prev[path])
     return jnp.where(count == 0, u0, _threshold(kind, p, tau, a)).astype(p.dtype)
 

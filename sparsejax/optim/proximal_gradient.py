@@ -126,7 +126,8 @@ def proximal(
     def leaf(sel, u, p):
       if not sel:
         return u
-      target = prox_fn(p + u, lam.astype(p.dtype))
+      # lam in at least float32: eta * strength (e.g. 1e-8) would round to 0 in float16.
+      target = prox_fn(p + u, lam.astype(jnp.promote_types(p.dtype, jnp.float32)))
       return (target - p).astype(u.dtype)
 
     new_updates = jax.tree.map(leaf, selected, updates, params)

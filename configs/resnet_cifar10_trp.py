@@ -16,8 +16,10 @@ iteration (period 1) on every 3x3 conv except the first, channel-wise, energy
 truncates before every forward pass, the first included). At the end the
 model is decomposed with singular values below 0.05 dropped
 (``sparsejax.lowrank.export``; the report's ``sparse_test_accuracy`` is the
-accuracy of the kernels with those values dropped, i.e. of the decomposed
-model). The authors' table: ResNet-20 dense 91.74%, channel-wise 90.50% at
+accuracy of the kernels with those values dropped in every selected layer; the
+export keeps a layer dense where factoring saves no multiply-adds, so evaluate
+the exported model for its own accuracy, as ``scripts/bench_trp.py`` does).
+The authors' table: ResNet-20 dense 91.74%, channel-wise 90.50% at
 2.17x fewer conv FLOPs, spatial-wise 90.62% at 2.84x; ResNet-32 dense 92.26%,
 channel-wise 91.40% at 2.2x, spatial-wise 91.39% at 3.4x. On 2 CPU cores one
 ResNet-20 epoch takes about 6 minutes, so the full recipe is for an accelerator.

@@ -675,3 +675,28 @@ def test_trainer_snippet(tmp_path):
   np.testing.assert_allclose(float(after["loss_sum"]), float(before["loss_sum"]), rtol=1e-5)
   meta = cp.read_metadata(entry["saved_to"])
   assert meta["extra"]["original_config"]["widths"] == [6, 8, 16]
+
+
+class _ProductOfParams(nnx.Module):
+  """A hidden layer read through the product of two parameters: x -> relu(A x) @ (U V)."""
+
+  def __init__(self, rngs):
+    self.a = nnx.Linear(4, 6, rngs=rngs)
+    self.u = nnx.Param(jax.random.normal(rngs.params(), (6, 3)))
+    self.v = nnx.Param(jax.random.normal(rngs.params(), (3, 5)))
+
+  def __call__(self, x):
+    return nnx.relu(self.a(x)) @ (self.u[...] @ self.v[...])
+
+
+def test_matrix_product_of_two_parameters():
+  # An input-independent dot_general (U @ V) used to crash the analysis.
+  m = _ProductOfParams(nnx.Rngs(0))
+  m.a.kernel[...] = m.a.kernel[...].at[:, 2].set(0.0)
+  m.a.bias[...] = m.a.bias[...].at[2].set(0.0)  # hidden unit 2 is relu(0) = 0
+  x = jax.random.normal(jax.random.key(3), (2, 4))
+  small = cp.compact(m, x)
+  assert small.a.kernel.shape == (4, 5) and small.u.shape == (5, 3) and small.v.shape == (3, 5)
+  keep = [0, 1, 3, 4, 5]
+  np.testing.assert_array_equal(small.u[...], np.asarray(m.u[...])[keep])
+  np.testing.assert_allclose(small(x), m(x), rtol=1e-5, atol=1e-6)

@@ -615,6 +615,9 @@ def test_argument_errors():
                                       ["skip_connect", 2], ["skip_connect", 3]]})
   with pytest.raises(ValueError, match=r"alpha must have shape \(num_edges, 8\)"):
     search.derive_cell(np.zeros((14, 7)))
+  for keep in (0, 3, 2.0):
+    with pytest.raises(ValueError, match=rf"keep must be 1 or 2 .*got {keep!r}"):
+      search.derive_cell(np.zeros((14, 8)), keep=keep)
   with pytest.raises(ValueError, match=r"alphas have 13 edges, which is no cell's edge count"):
     search.derive_genotype({"normal": np.zeros((13, 8)), "reduce": np.zeros((13, 8))})
   with pytest.raises(ValueError, match=r"multiplier must be <= steps=2, got 3"):

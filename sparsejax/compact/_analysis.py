@@ -691,8 +691,7 @@ class _Interpreter:
     lfree = [a for a in range(lhs.ndim) if a not in lc and a not in lb]
     rfree = [a for a in range(rhs.ndim) if a not in rc and a not in rb]
     both_known = not lhs.is_act and not rhs.is_act
-    if lhs.is_act or rhs.is_act:
-      out_labels = []
+    out_labels = []
     for a, b in zip(lb, rb):
       out_labels.append(self.unite([lhs.labels[a], rhs.labels[b]]))
     out_labels += [lhs.labels[a] for a in lfree] + [rhs.labels[b] for b in rfree]

@@ -647,9 +647,12 @@ def trained_rank_pruning_from_config(cfg, ctx):
     ``train.Algorithm`` with ``before=(add_nuclear_subgradient,)`` (omitted
     when ``nuclear`` is 0), ``after=(trained_rank_pruning,)``,
     ``prepare_params`` (the initial truncation), ``eval_params`` (the kernels
-    with singular values below ``cut`` dropped: what
-    :func:`sparsejax.lowrank.decompose` with that cut computes, so the
-    report's ``sparse_test_accuracy`` is the decomposed model's accuracy) and
+    with singular values below ``cut`` dropped in *every* selected layer:
+    what :func:`sparsejax.lowrank.decompose` with that cut and
+    ``only_if_smaller=False`` computes; the default export keeps a layer
+    dense where the factored pair would not save multiply-adds, so its
+    accuracy can differ from the report's ``sparse_test_accuracy``;
+    ``scripts/bench_trp.py`` evaluates the exported model itself) and
     ``report`` adding ``"trp": {scheme, energy, nuclear, cut, layers: {path:
     {shape, full_rank, train_rank, cut_rank, params, factored_params}},
     params, factored_params}`` (the parameter counts cover the selected

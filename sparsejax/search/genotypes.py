@@ -49,11 +49,15 @@ def derive_cell(alpha: Any, primitives: Sequence[str] = PRIMITIVES,
   Args:
     alpha: architecture logits of one cell type.
     primitives: op names of the columns.
-    keep: incoming edges kept per node (DARTS: 2).
+    keep: incoming edges kept per node, 1 or 2 (DARTS: 2; the first node has
+      only two inputs).
 
   Returns:
     ``(op, input)`` pairs, ``keep`` per intermediate node.
   """
+  if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= keep <= 2:
+    raise ValueError(f"keep must be 1 or 2 (incoming edges per node; the first node has two "
+                     f"inputs), got {keep!r}")
   primitives = check_primitives(primitives)
   w = _softmax(np.asarray(alpha, np.float64))
   if w.ndim != 2 or w.shape[1] != len(primitives):

@@ -700,3 +700,32 @@ def test_matrix_product_of_two_parameters():
   keep = [0, 1, 3, 4, 5]
   np.testing.assert_array_equal(small.u[...], np.asarray(m.u[...])[keep])
   np.testing.assert_allclose(small(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+def test_depthwise_conv_counted_and_compacted_as_grouped_on_every_backend():
+  """DepthwiseConv runs as a dense diagonal conv on the CPU; the analysis must not see that."""
+  from sparsejax.models import darts  # pylint: disable=import-outside-toplevel
+  conv = darts.DepthwiseConv(8, 3, padding=1, rngs=nnx.Rngs(0))
+  c = cp.count(conv, jnp.zeros((2, 6, 6, 8)))
+  assert c.flops == 6 * 6 * 9 * 8 and c.params == 9 * 8  # not 6*6*9*8*8
+  # A DilConv whose input channel 3 is zero everywhere: the depthwise filter of channel 3
+  # and the pointwise row reading it go.
+  dil = darts.DilConv(6, 5, 3, stride=1, padding=2, dilation=2,
+                      norm=lambda f, rngs: nnx.BatchNorm(f, rngs=rngs), rngs=nnx.Rngs(1))
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.inp = nnx.Linear(4, 6, rngs=rngs)
+      self.dil = dil
+
+    def __call__(self, x):
+      return self.dil(self.inp(x))
+
+  net = Net(nnx.Rngs(2))
+  net.inp.kernel[...] = net.inp.kernel[...].at[:, 3].set(0.0)
+  net.inp.bias[...] = net.inp.bias[...].at[3].set(0.0)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
+  small = cp.compact(net, x)
+  assert small.dil.depthwise.kernel.shape == (3, 3, 1, 5)
+  assert small.dil.pointwise.kernel.shape[-2] == 5
+  np.testing.assert_allclose(small(x), (lambda m: (m.eval(), m(x))[1])(net), rtol=1e-5, atol=1e-5)

@@ -29,6 +29,8 @@ drop-path, Kaiming-normal (fan-in) conv initialisation.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +71,23 @@ NormFactory = Callable[[int, nnx.Rngs], nnx.Module]
 
 # Widest depthwise conv that runs as a dense conv with a diagonal kernel on the CPU.
 _DENSE_DEPTHWISE_MAX = 128
+_GROUPED_DEPTHWISE = contextvars.ContextVar("sparsejax_grouped_depthwise", default=False)
+
+
+@contextlib.contextmanager
+def grouped_depthwise():
+  """Within this context :class:`DepthwiseConv` always traces as the grouped conv.
+
+  Its CPU fast path (a dense conv with a diagonal kernel) computes the same
+  outputs, but a jaxpr reader would see C times the multiply-adds and a
+  channel-mixing kernel. :mod:`sparsejax.compact` traces models inside this
+  context, so counts and removable channels are the same on every backend.
+  """
+  token = _GROUPED_DEPTHWISE.set(True)
+  try:
+    yield
+  finally:
+    _GROUPED_DEPTHWISE.reset(token)
 
 
 # ----------------------------------------------------------------------------
@@ -245,7 +264,8 @@ class DepthwiseConv(nnx.Module):
   convolution is 2-10x slower at these widths (measured with forward and
   backward passes on 32x32 inputs, 2 cores), and its gradient with respect to
   ``kernel`` is the diagonal of the dense kernel's. Elsewhere (and for wider
-  layers) it is the grouped ``lax.conv_general_dilated``.
+  layers, and inside :func:`grouped_depthwise`) it is the grouped
+  ``lax.conv_general_dilated``.
   """
 
   def __init__(self, features: int, k: int, *, stride: int = 1, padding: int = 0,
@@ -258,7 +278,8 @@ class DepthwiseConv(nnx.Module):
     p, s, d = self.padding, self.stride, self.dilation
     channels = x.shape[-1]
     groups = channels
-    if jax.default_backend() == "cpu" and channels <= _DENSE_DEPTHWISE_MAX:
+    if (jax.default_backend() == "cpu" and channels <= _DENSE_DEPTHWISE_MAX
+        and not _GROUPED_DEPTHWISE.get()):
       kernel = kernel * jnp.eye(channels, dtype=kernel.dtype)  # (k, k, C, C), diagonal
       groups = 1
     return jax.lax.conv_general_dilated(

@@ -729,3 +729,15 @@ def test_depthwise_conv_counted_and_compacted_as_grouped_on_every_backend():
   assert small.dil.depthwise.kernel.shape == (3, 3, 1, 5)
   assert small.dil.pointwise.kernel.shape[-2] == 5
   np.testing.assert_allclose(small(x), (lambda m: (m.eval(), m(x))[1])(net), rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_keeps_parameter_dtypes(tmp_path):
+  m = models.get_model("lenet300_100", num_classes=10, rngs=nnx.Rngs(0))
+  params = nnx.state(m, nnx.Param)
+  nnx.update(m, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
+  cp.save(str(tmp_path / "m"), m, name="lenet300_100")
+  loaded = cp.load(str(tmp_path / "m"))
+  got = nnx.state(loaded, nnx.Param)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(nnx.state(m, nnx.Param))):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

@@ -17,6 +17,7 @@ import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -107,6 +108,8 @@ def save(directory: str, model, *, name: str | None = None, sample_input=None,
   if keys:
     meta["prng_keys"] = keys
   leaves = [jax.random.key_data(x) if _is_key(x) else x for _, x in flat]
+  meta["dtypes"] = {tree_lib.path_str(p): str(np.dtype(x.dtype))
+                    for (p, _), x in zip(flat, leaves)}
   pure = nnx.to_pure_dict(jax.tree_util.tree_unflatten(treedef, leaves))
   manager = ckpt_lib.CheckpointManager(os.path.join(directory, "state"), keep=1)
   manager.save(0, pure)
@@ -188,8 +191,9 @@ def load(directory: str, *, name: str | None = None, template=None) -> nnx.Modul
       data = jax.eval_shape(lambda: jax.random.key_data(
           jax.random.key(0, impl=keys[path])))
       target_leaves.append(jax.ShapeDtypeStruct(shapes[path] + data.shape, data.dtype))
-    else:
-      target_leaves.append(jax.ShapeDtypeStruct(shapes[path], x.dtype))
+    else:  # the saved dtype (older saves: the built model's)
+      dtype = jnp.dtype(meta["dtypes"][path]) if path in meta.get("dtypes", {}) else x.dtype
+      target_leaves.append(jax.ShapeDtypeStruct(shapes[path], dtype))
   target_state = jax.tree_util.tree_unflatten(treedef, target_leaves)
   target = nnx.to_pure_dict(target_state)
   manager = ckpt_lib.CheckpointManager(os.path.join(os.path.abspath(directory), "state"), keep=1)
@@ -200,7 +204,7 @@ def load(directory: str, *, name: str | None = None, template=None) -> nnx.Modul
             for p, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
   for path, impl in keys.items():
     values[path] = jax.random.wrap_key_data(values[path], impl=impl)
-  _rebuild.set_state(model, values)
+  _rebuild.set_state(model, values, cast=False)  # the saved dtypes
   if built != shapes:
     _rebuild._fix_flax_widths(model)  # pylint: disable=protected-access
   model.eval()

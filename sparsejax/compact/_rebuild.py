@@ -49,8 +49,12 @@ def state_shapes(model) -> Shapes:
   return {tree_lib.path_str(p): tuple(np.shape(x)) for p, x in flat}
 
 
-def set_state(model, values: Mapping[str, Any]) -> None:
-  """Replaces every Variable's value in ``model`` by ``values[path]`` (in place)."""
+def set_state(model, values: Mapping[str, Any], *, cast: bool = True) -> None:
+  """Replaces every Variable's value in ``model`` by ``values[path]`` (in place).
+
+  ``cast``: convert each value to the dtype the variable has now (``False``:
+  keep the value's own dtype, as :func:`sparsejax.compact.load` does).
+  """
   state = nnx.state(model)
   flat, treedef = jax.tree_util.tree_flatten_with_path(state)
   new = []
@@ -60,7 +64,8 @@ def set_state(model, values: Mapping[str, Any]) -> None:
       raise KeyError(f"no value for state leaf {path!r}")
     v = values[path]
     dtype = getattr(old, "dtype", None)
-    if v is old or not hasattr(v, "shape") or getattr(v, "dtype", None) == dtype:
+    if (v is old or not hasattr(v, "shape") or getattr(v, "dtype", None) == dtype
+        or not cast):
       new.append(v if not isinstance(v, np.ndarray) else jnp.asarray(v))
     else:
       new.append(jnp.asarray(v, dtype=dtype))

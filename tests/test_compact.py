@@ -741,3 +741,12 @@ def test_save_load_keeps_parameter_dtypes(tmp_path):
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(nnx.state(m, nnx.Param))):
     assert a.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_count_of_a_parameter_product_does_not_depend_on_the_batch():
+  m = _ProductOfParams(nnx.Rngs(0))
+  per_example = 4 * 6 + 6 * 5  # relu(A x) (4 -> 6), then the (6, 5) product applied to it
+  once = 6 * 3 * 5  # U @ V, once per forward pass
+  for batch in (1, 2, 4):
+    c = cp.count(m, jnp.zeros((batch, 4)))
+    assert c.flops == per_example + once, batch

@@ -97,10 +97,19 @@ def count(model, sample_input) -> Count:
     note(name)
     flops[name] = flops.get(name, 0) + n
 
-  def walk(jaxpr, sources: dict, times: int):
+  b = max(traced.batch_size, 1)
+
+  def walk(jaxpr, sources: dict, times: int, deps: set):
+    """``deps``: the variables that depend on the model's input. A product of
+    input-independent values (e.g. ``U @ V`` of two parameters) runs once per
+    forward pass: counted in full, as at batch size 1, not shared by the batch."""
     for eqn in jaxpr.eqns:
       name = eqn.primitive.name
       ins = [None if isinstance(v, jcore.Literal) else sources.get(v) for v in eqn.invars]
+      dep = any(not isinstance(v, jcore.Literal) and v in deps for v in eqn.invars)
+      if dep:
+        deps.update(eqn.outvars)
+      times_b = times if dep else times * b
       for s in ins:
         if s:
           note(_module_of(s))
@@ -109,13 +118,13 @@ def count(model, sample_input) -> Count:
         k = eqn.invars[1].aval.shape
         per_out = int(np.prod([k[a] for a in range(len(k)) if a != rhs_spec[0]]))
         n = int(np.prod(eqn.outvars[0].aval.shape)) * per_out
-        charge(_module_of(ins[1]) if ins[1] else f"conv@{_analysis._where(eqn)}", n * times)
+        charge(_module_of(ins[1]) if ins[1] else f"conv@{_analysis._where(eqn)}", n * times_b)
       elif name == "dot_general":
         (lc, _), _ = eqn.params["dimension_numbers"]
         lshape = eqn.invars[0].aval.shape
         n = int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lshape[a] for a in lc]))
         src = ins[1] or ins[0]
-        charge(_module_of(src) if src else f"dot@{_analysis._where(eqn)}", n * times)
+        charge(_module_of(src) if src else f"dot@{_analysis._where(eqn)}", n * times_b)
       elif name in _VIEW_OPS:
         src = next((s for s in ins if s), None)
         if src:
@@ -124,17 +133,19 @@ def count(model, sample_input) -> Count:
       sub = _analysis._sub_jaxpr(eqn)
       if name in _analysis._CALLS and sub is not None:
         inner, _ = sub
-        walk(inner, {iv: s for iv, s in zip(inner.invars, ins) if s}, times)
+        walk(inner, {iv: s for iv, s in zip(inner.invars, ins) if s}, times,
+             {iv for iv, ov in zip(inner.invars, eqn.invars)
+              if not isinstance(ov, jcore.Literal) and ov in deps})
       elif name == "scan":
         inner = eqn.params["jaxpr"].jaxpr
-        walk(inner, {}, times * int(eqn.params["length"]))
+        walk(inner, {}, times * int(eqn.params["length"]), set(inner.invars) if dep else set())
       elif name == "cond":
         before = dict(flops)
         best: dict[str, int] = {}
         for br in eqn.params["branches"]:
           flops.clear()
           flops.update(before)
-          walk(br.jaxpr, {}, times)
+          walk(br.jaxpr, {}, times, set(br.jaxpr.invars) if dep else set())
           if sum(flops.values()) > sum(best.values() or [0]):
             best = dict(flops)
         flops.clear()
@@ -148,9 +159,9 @@ def count(model, sample_input) -> Count:
                 f"count cannot size the while loop at {_analysis._where(eqn)}: it contains "
                 f"convolutions or matrix products and its trip count is unknown")
 
-  sources = {v: p for v, p in zip(traced.jaxpr.jaxpr.invars, traced.paths)}
-  walk(traced.jaxpr.jaxpr, sources, 1)
-  b = max(traced.batch_size, 1)
+  invars = traced.jaxpr.jaxpr.invars
+  sources = {v: p for v, p in zip(invars, traced.paths)}
+  walk(traced.jaxpr.jaxpr, sources, 1, set(invars[len(invars) - traced.num_inputs:]))
   params: dict[str, int] = {}
   for path, leaf, is_param in zip(traced.paths, traced.leaves, traced.is_param):
     if is_param:

@@ -470,3 +470,19 @@ def test_bench_counts_lenet5_macs_of_live_channels():
   assert got["total"] == (24 * 24 * 25 * 18 + 8 * 8 * 25 * 18 * 49 + 783 * 498 + 498 * 10)
   k["fc2/kernel"][:] = 0                 # nothing reaches the logits: all dead
   assert macs(k)["total"] == 0
+
+
+def test_float16_weights_keep_a_tiny_threshold():
+  # tau = lam / beta = 1e-8 is 0 in float16; U = H_{sqrt(2 tau)}(W) must still zero |w| < 1.4e-4.
+  w = jnp.array([[1e-4, 5e-5], [2e-3, -3e-5]], jnp.float16)
+  params = {"dense": {"kernel": w}}
+  tx = sparse_group_lasso(2.5e-8, 2.5, num_examples=1000, kind="l0")
+  state = tx.init(params)
+  expected = np.array([[0, 0], [2e-3, 0]], np.float16)
+  u0 = find_states(state, SparseGroupLassoState)[0].u["dense"]["kernel"]
+  assert u0.dtype == jnp.float16
+  np.testing.assert_array_equal(np.asarray(u0), expected)
+  _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  np.testing.assert_array_equal(
+      np.asarray(find_states(state, SparseGroupLassoState)[0].u["dense"]["kernel"]), expected)

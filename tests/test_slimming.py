@@ -693,3 +693,23 @@ def test_pipeline_prunes_lowest_gamma_and_keeps_them_zero(registry, cifar_dir, t
   assert held["zero"] == k and held["channels"] == gammas.size
   assert os.path.exists(os.path.join(workdir, "pipeline.json"))
   assert result["test_accuracy"] == result["finetune"]["test_accuracy"]
+
+
+def test_network_slimming_xi_in_float32_with_bf16_scales():
+  """bf16 BN scales: xi must still reach exact zeros, as it does with float32 scales."""
+  rng = np.random.default_rng(0)
+  gamma = rng.uniform(0.0, 0.02, 8).astype(np.float32)
+  runs = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    params = {"bn": {"scale": jnp.asarray(gamma, dtype)}}
+    tx = network_slimming(0.1, s=0.05, beta=0.25)
+    state = tx.init(params)
+    xi = find_states(state, NetworkSlimmingState)[0].xi["bn"]["scale"]
+    assert xi.dtype == jnp.float32
+    step = jax.jit(tx.update)
+    for _ in range(200):
+      u, state = step(jax.tree.map(jnp.zeros_like, params), state, params)
+      params = optax.apply_updates(params, u)
+    runs[dtype] = np.asarray(find_states(state, NetworkSlimmingState)[0].xi["bn"]["scale"])
+  assert (runs[jnp.float32] == 0).sum() > 0
+  np.testing.assert_array_equal(runs[jnp.bfloat16] == 0, runs[jnp.float32] == 0)

@@ -167,7 +167,9 @@ def network_slimming(
   channels with :math:`\xi = 0` are the removable ones
   (:func:`removable_channels`). Unlike the authors' code, :math:`\xi` lives in
   the optimizer state, so it is checkpointed with the run and a resumed run
-  continues with the same :math:`\xi` and :math:`\alpha`.
+  continues with the same :math:`\xi` and :math:`\alpha`. It is kept in at
+  least float32 whatever the scales' dtype (bf16 would round its small
+  proximal steps away).
 
   Paper defaults (CIFAR-10, 160 epochs, batch 64, SGD lr 0.1 x0.1 at 50% and
   75%, momentum 0.9, weight decay 1e-4 on all parameters including
@@ -243,11 +245,11 @@ def network_slimming(
       if not chosen:
         xi.append(None)
       elif isinstance(xi_init, str):
-        xi.append(jnp.asarray(leaf))
+        xi.append(jnp.asarray(leaf).astype(_xi_dtype(leaf)))
       else:
         xi.append(jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(leaf),
                                      jnp.float32, xi_init[0], xi_init[1]
-                                     ).astype(jnp.asarray(leaf).dtype))
+                                     ).astype(_xi_dtype(leaf)))
     return NetworkSlimmingState(count=jnp.zeros([], jnp.int32),
                                 xi=jax.tree.unflatten(treedef, xi))
 
@@ -283,6 +285,12 @@ def network_slimming(
                                  xi=jax.tree.unflatten(treedef, new_xi)))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _xi_dtype(leaf) -> jnp.dtype:
+  """xi is kept in at least float32: with bf16 scales its small proximal steps
+  (s / (alpha + beta)) would round away and no channel would reach 0."""
+  return jnp.promote_types(jnp.asarray(leaf).dtype, jnp.float32)
 
 
 def removable_channels(x: Any) -> dict[str, np.ndarray]:

@@ -312,10 +312,13 @@ def main() -> None:
         rows.extend(measure(name, abstract, n, layout, axes, rules))
   print()
   print_table(rows)
-  if not ARGS.skip_hlo:
+  hlo_counts = [n for n in _COUNTS if n % 8 == 0]
+  if not ARGS.skip_hlo and not hlo_counts:
+    print(f"\n(no HLO report: it needs a --devices count that is a multiple of 8, got {_COUNTS})")
+  elif not ARGS.skip_hlo:
     for name in ARGS.models.split(","):
       print(f"\n### {name}")
-      hlo_report(models()[name], min(n for n in _COUNTS if n % 8 == 0),
+      hlo_report(models()[name], min(hlo_counts),
                  include_dense=name.startswith("vit"))
 
 

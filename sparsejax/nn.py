@@ -202,7 +202,9 @@ def sparsify(model: nnx.Module, masks: Any = None, *, format: str = "bsr",
     masks: a masks pytree mirroring ``nnx.state(model, nnx.Param)`` (as from
       :mod:`sparsejax.masks`; ``None`` leaves are skipped), or a dict from
       kernel path (``"fc1/kernel"``) to mask. ``None``: every ``nnx.Linear``,
-      with the mask implied by its zeros.
+      with the mask implied by its zeros. Masks of other layers' parameters
+      (e.g. conv kernels) are ignored; a path the model does not have is an
+      error.
     format, block_shape, n, m, axis, impl: as in :meth:`SparseLinear.from_dense`.
     skip_dense: leave a layer dense when its mask keeps everything.
 
@@ -214,6 +216,11 @@ def sparsify(model: nnx.Module, masks: Any = None, *, format: str = "bsr",
   else:
     # Nested masks trees and flat {"fc1/kernel": mask} dicts give the same paths.
     by_path = {p: leaf for p, leaf in tree_lib.leaves_with_paths(masks) if leaf is not None}
+    known = {p for p, _ in tree_lib.leaves_with_paths(nnx.state(model, nnx.Param))}
+    unknown = sorted(set(by_path) - known)
+    if unknown:
+      raise ValueError(f"masks name parameters the model does not have: {unknown[:5]}; "
+                       f"its parameters are e.g. {sorted(known)[:5]}")
   replaced = []
   linears = [(p, node) for p, node in nnx.iter_graph(model) if isinstance(node, nnx.Linear)]
   for path, linear in linears:

@@ -148,6 +148,11 @@ def map_selected(fn, tree, selected, *rest, none_for_unselected: bool = True):
   return jax.tree.map(go, selected, tree, *rest)
 
 
+def _is_single_leaf(x) -> bool:
+  """``x`` is one pytree leaf, not a container of them."""
+  return jax.tree.structure(x).num_nodes == 1 and jax.tree.structure(x).num_leaves == 1
+
+
 def check_masks_match(params, masks, argname: str = "masks") -> None:
   """Raises ``ValueError`` when ``masks`` does not mirror ``params``.
 
@@ -156,9 +161,19 @@ def check_masks_match(params, masks, argname: str = "masks") -> None:
   """
   p_paths = leaves_with_paths(params)
   try:
+    # Every mask leaf (None or an array) must sit where params has a leaf: a
+    # mask leaf standing for a whole params subtree is a structure mismatch.
+    def pair(m, p):
+      if _is_single_leaf(p):
+        return (m,)
+      if m is None:  # None for a whole subtree: none of its leaves is masked
+        return [(None,)] * len(jax.tree.leaves(p))
+      raise ValueError(f"a mask leaf stands where params has a subtree ({type(p).__name__})")
     m_leaves = jax.tree.leaves(
-        jax.tree.map(lambda m, p: (m,), masks, params, is_leaf=lambda x: x is None),
+        jax.tree.map(pair, masks, params, is_leaf=lambda x: x is None),
         is_leaf=lambda x: isinstance(x, tuple))
+    if len(m_leaves) != len(p_paths):
+      raise ValueError(f"{len(m_leaves)} mask leaves for {len(p_paths)} parameters")
   except (ValueError, TypeError) as e:
     m_struct = jax.tree.structure(masks, is_leaf=lambda x: x is None)
     raise ValueError(

@@ -521,3 +521,17 @@ def test_l2_scores_survive_extreme_magnitudes(scale):
 def test_erk_densities_rejects_bad_sparsity(bad):
   with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
     masks.erk_densities([(4, 4), (8, 8)], bad)
+
+
+def test_masks_with_a_leaf_where_params_have_a_subtree_are_an_error():
+  params = {"fc1": {"bias": jnp.ones(16), "kernel": jnp.ones((32, 16))},
+            "fc2": {"bias": jnp.ones(4), "kernel": jnp.ones((16, 4))}}
+  for bad in ({"fc1": np.zeros(16, bool), "fc2": None},
+              {"fc1": np.zeros((32, 16), bool), "fc2": None}):
+    with pytest.raises(ValueError, match="same tree structure as params"):
+      masks.apply(params, bad)
+  # None for a whole subtree means none of it is masked.
+  out = masks.apply(params, {"fc1": None, "fc2": {"bias": None,
+                                                   "kernel": np.zeros((16, 4), bool)}})
+  np.testing.assert_array_equal(out["fc1"]["kernel"], params["fc1"]["kernel"])
+  np.testing.assert_array_equal(out["fc2"]["kernel"], np.zeros((16, 4)))

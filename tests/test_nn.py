@@ -170,6 +170,14 @@ def test_sparsify_options_and_split_merge():
   np.testing.assert_allclose(other.fc2.dense_kernel(), _mlp(nnx.Rngs(1)).fc2.kernel[...])
 
 
+def test_sparsify_rejects_a_mask_path_the_model_lacks():
+  model = _mlp(nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"masks name parameters the model does not have: "
+                                       r"\['fc9/kernel'\]"):
+    sparsify(model, {"fc9/kernel": np.ones((32, 4), bool)})
+  assert isinstance(model.fc1, nnx.Linear)  # nothing replaced
+
+
 def test_sparsify_inside_sequential():
   seq = nnx.Sequential(nnx.Linear(16, 16, rngs=nnx.Rngs(0)), nnx.relu,
                        nnx.Linear(16, 8, rngs=nnx.Rngs(1)))

@@ -567,6 +567,14 @@ def test_run_search_end_to_end_and_train_the_genotype(tmp_path):
      r"config.data.train_fraction must lie in \(0, 1\), got 1.0"),
     (lambda c: setattr(c.model, "multiplier", 5),
      r"config.model.multiplier must be <= config.model.steps=4, got 5"),
+    (lambda c: setattr(c.val_optimizer, "lr", 0.0),
+     r"config.val_optimizer.lr must be a finite number > 0, got 0.0"),
+    (lambda c: setattr(c.optimizer, "momentum", -0.9),
+     r"config.optimizer.momentum must be a finite number >= 0, got -0.9"),
+    (lambda c: setattr(c.arch_optimizer, "b1", 1.5),
+     r"config.arch_optimizer.b1 must lie in \[0, 1\), got 1.5"),
+    (lambda c: setattr(c.data, "train_subset", 0),
+     r"config.data.train_subset must be a positive int, got 0"),
 ])
 def test_validate_config_errors(edit, match):
   from configs import rarts_cifar10  # pylint: disable=import-outside-toplevel

@@ -153,8 +153,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   cap = config.get("max_steps_per_epoch", None)
   if cap is not None:
     _positive_int("config.max_steps_per_epoch", cap)
-  for name in ("optimizer", "arch_optimizer"):
-    _number(f"config.{name}.lr", config[name].lr, positive=True)
+  for name in ("optimizer", "arch_optimizer", "val_optimizer"):
+    ocfg = config.get(name, None)
+    if ocfg is None:  # val_optimizer: optional (defaults to the weights' optimizer)
+      continue
+    _number(f"config.{name}.lr", ocfg.lr, positive=True)
+    for key in ("final_lr", "weight_decay", "grad_clip", "momentum"):
+      if ocfg.get(key) is not None:
+        _number(f"config.{name}.{key}", ocfg.get(key))
+  for key in ("b1", "b2"):
+    b = config.arch_optimizer.get(key, 0.9)
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
+      raise ValueError(f"config.arch_optimizer.{key} must lie in [0, 1), got {b!r}")
+  n = config.get("data", ml_collections.ConfigDict()).get("train_subset")
+  if n is not None:
+    _positive_int("config.data.train_subset", n)
 
 
 def method_label(config: ml_collections.ConfigDict) -> str:
@@ -313,7 +326,7 @@ def load_halves(config: ml_collections.ConfigDict) -> tuple[data_lib.Dataset, da
   dcfg = config.data
   ds = data_lib.load(config.dataset, "train", data_dir=dcfg.get("dir"),
                      tfds_data_dir=dcfg.get("tfds_data_dir"))
-  if dcfg.get("train_subset") and int(dcfg.train_subset) < len(ds.labels):
+  if dcfg.get("train_subset") is not None and int(dcfg.train_subset) < len(ds.labels):
     ds = data_lib.subset(ds, int(dcfg.train_subset), seed=config.seed)
   return data_lib.train_val_split(ds, fraction=float(dcfg.get("train_fraction", 0.5)),
                                   seed=config.seed)

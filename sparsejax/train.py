@@ -423,6 +423,59 @@ def _prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+# Config fields that do not change what a run computes: a resumed run may differ in them.
+_RESUME_FREE = ("stop_after_steps", "progress_bar", "checkpoint", "eval_batch_size", "compact",
+                "compact_multiple_of", "mesh", "sharding_rules", "sharding_indivisible",
+                "distributed", "data.dir", "data.tfds_data_dir")
+
+
+def _result_fields(config) -> dict:
+  """The config as flat ``{"a.b": value}`` JSON values, without :data:`_RESUME_FREE`."""
+  flat = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if any(key == f or key.startswith(f + ".") for f in _RESUME_FREE):
+        continue
+      if isinstance(v, dict):
+        walk(v, key + ".")
+      else:
+        flat[key] = json.loads(json.dumps(v, default=str))
+  walk(config.to_dict() if hasattr(config, "to_dict") else dict(config), "")
+  return flat
+
+
+def check_run_config(workdir: str, config, *, resuming: bool, write: bool = True) -> None:
+  """Refuses to resume a run of a different config; records the config otherwise.
+
+  ``workdir/run_config.json`` holds the fields that decide a run's result. A
+  run resuming from a checkpoint must match them (a changed ``num_epochs``,
+  learning rate, seed, ... would continue someone else's run and give a result
+  no uninterrupted run gives); fields in :data:`_RESUME_FREE` may differ.
+
+  Raises:
+    ValueError: naming the fields that differ, with both values.
+  """
+  path = os.path.join(workdir, "run_config.json")
+  now = _result_fields(config)
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k, "<unset>") != now.get(k, "<unset>"))
+    if diff:
+      shown = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
+                        for k in diff[:6])
+      raise ValueError(
+          f"{workdir} holds a run of a different config ({len(diff)} field(s) differ: {shown}); "
+          f"resuming it would not give this config's result. Use a fresh --workdir")
+    return
+  if write:
+    with open(path + ".tmp", "w") as f:
+      json.dump(now, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
 class MetricsWriter:
   """Appends JSON lines to ``metrics.jsonl``; on resume drops lines past ``step``.
 
@@ -555,6 +608,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       carried = {k: np.asarray(v, dtype) for k, (dtype, v) in ckpt_extra["epoch_totals"].items()}
       carried_seconds = float(ckpt_extra.get("epoch_seconds", 0.0))
   start_step = int(state.step)
+  check_run_config(workdir, config, resuming=restored is not None, write=is_main)
   if start_step > total_steps:
     raise ValueError(
         f"{os.path.join(workdir, 'checkpoints')} holds a checkpoint at step {start_step}, past "

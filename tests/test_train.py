@@ -149,8 +149,23 @@ def test_corrupted_final_checkpoint_is_saved_again(data_dir, tmp_path):
 def test_checkpoint_past_the_configs_length_is_an_error(data_dir, tmp_path):
   wd = str(tmp_path / "run")
   train.train_and_evaluate(_config(data_dir, num_epochs=1), wd)
+  with pytest.raises(ValueError, match=r"holds a run of a different config \(1 field\(s\) differ: "
+                                       r"num_epochs: 1.0 -> 0.5\)"):
+    train.train_and_evaluate(_config(data_dir, num_epochs=0.5), wd)
+  os.remove(os.path.join(wd, "run_config.json"))  # e.g. a run from before the record
   with pytest.raises(ValueError, match=r"checkpoint at step 20, past this config's 10 steps"):
     train.train_and_evaluate(_config(data_dir, num_epochs=0.5), wd)
+
+
+def test_resuming_with_a_different_config_is_an_error(data_dir, tmp_path):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(_config(data_dir, stop_after_steps=5), wd)
+  with pytest.raises(ValueError, match=r"lr.base: 0.05 -> 0.02.*seed: 0 -> 3"):
+    train.train_and_evaluate(_config(data_dir, seed=3, **{"lr.base": 0.02}), wd)
+  # Fields that do not change the result may differ (here: checkpoint cadence, eval batch).
+  cfg = _config(data_dir, num_epochs=1, eval_batch_size=7, **{"checkpoint.every_steps": 3})
+  cfg.num_epochs = 4
+  train.train_and_evaluate(cfg, wd)
 
 
 def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):

@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
   res["eval_seconds"] = time.time() - t
   counted = compact.count(model, jnp.asarray(images[:1]))
   meta = compact.read_metadata(f.model_dir)
-  res.update(model=meta.get("name"), config=meta.get("config"), params=counted.params,
+  res.update(model=f.name or meta.get("name"), config=meta.get("config"), params=counted.params,
              flops=counted.flops, dataset=f.dataset, split=f.split, source=ds.source)
   print(json.dumps(res))
   return res

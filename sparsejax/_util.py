@@ -78,3 +78,13 @@ def check_real(name: str, value, *, low: float | None = None, high: float | None
     qual = "finite, not NaN" if finite else "and not NaN"
     raise ValueError(f"{name} must be {_allowed(low, high, low_open, high_open)} "
                      f"({qual}), got {_describe(c)}")
+
+
+def check_positive_int(name: str, value, *, optional: bool = False) -> None:
+  """Raises ``ValueError`` unless ``value`` is a positive Python or numpy int
+  (not a bool), or ``None`` when ``optional``; the message names ``name``."""
+  if optional and value is None:
+    return
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, "
+                     f"got {value!r}")

@@ -40,6 +40,7 @@ from sparsejax import parallel
 from sparsejax import tree as tree_lib
 from sparsejax import checkpoint as ckpt_lib
 from sparsejax import report as report_lib
+from sparsejax._util import check_positive_int
 
 __all__ = [
     "ALGORITHMS",
@@ -134,14 +135,6 @@ def _check_choice(name: str, value, allowed) -> None:
     raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
-def _check_positive_int(name: str, value, *, optional: bool = False) -> None:
-  if optional and value is None:
-    return
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, "
-                     f"got {value!r}")
-
-
 def validate_config(config) -> None:
   """Checks names in ``config`` before any data is loaded or model built."""
   _check_choice("config.dataset", config.dataset, data_lib.DATASETS)
@@ -152,12 +145,12 @@ def validate_config(config) -> None:
   v = config.get("num_epochs")
   if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
     raise ValueError(f"config.num_epochs must be a positive finite number, got {v!r}")
-  _check_positive_int("config.batch_size", config.get("batch_size"))
-  _check_positive_int("config.eval_batch_size", config.get("eval_batch_size", 1000))
-  _check_positive_int("config.stop_after_steps", config.get("stop_after_steps"), optional=True)
+  check_positive_int("config.batch_size", config.get("batch_size"))
+  check_positive_int("config.eval_batch_size", config.get("eval_batch_size", 1000))
+  check_positive_int("config.stop_after_steps", config.get("stop_after_steps"), optional=True)
   dcfg = config.get("data", ml_collections.ConfigDict())
   for key in ("train_subset", "test_subset"):
-    _check_positive_int(f"config.data.{key}", dcfg.get(key), optional=True)
+    check_positive_int(f"config.data.{key}", dcfg.get(key), optional=True)
   m = config.get("compact_multiple_of", 1)
   if isinstance(m, bool) or not isinstance(m, int) or m < 1:
     raise ValueError(f"config.compact_multiple_of must be a positive int, got {m!r}")
@@ -168,6 +161,10 @@ def validate_config(config) -> None:
 # ----------------------------------------------------------------------------
 
 
+def _warmup_steps(config, steps_per_epoch: int) -> int:
+  return int(config.lr.get("warmup_epochs", 1) * steps_per_epoch)
+
+
 def make_lr_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
   lr = config.lr
   base = float(lr.base)
@@ -176,7 +173,7 @@ def make_lr_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sc
   if lr.schedule == "cosine":
     return optax.cosine_decay_schedule(base, max(total_steps, 1), alpha=lr.get("final_fraction", 0.0))
   if lr.schedule == "warmup_cosine":
-    warmup = int(lr.get("warmup_epochs", 1) * steps_per_epoch)
+    warmup = _warmup_steps(config, steps_per_epoch)
     return optax.warmup_cosine_decay_schedule(
         0.0, base, warmup, max(total_steps, warmup + 1),
         end_value=base * lr.get("final_fraction", 0.0))
@@ -567,7 +564,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"config.num_epochs={config.num_epochs!r} is {total_steps} steps at "
                      f"{steps_per_epoch} steps per epoch; it must be at least one step")
   if config.lr.schedule == "warmup_cosine":
-    warmup = int(config.lr.get("warmup_epochs", 1) * steps_per_epoch)
+    warmup = _warmup_steps(config, steps_per_epoch)
     if warmup >= total_steps:
       raise ValueError(f"config.lr.warmup_epochs={config.lr.get('warmup_epochs', 1)!r} is "
                        f"{warmup} steps, not fewer than the run's {total_steps} steps")

@@ -68,6 +68,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from sparsejax import data as data_lib
+from sparsejax._util import check_positive_int
 from sparsejax.search import algorithms
 from sparsejax.search.genotypes import derive_genotype, genotype_str, save_genotype
 from sparsejax.search.space import CELL_TYPES, SearchNetwork, check_primitives
@@ -94,11 +95,6 @@ COMPILE_MODES = ("step", "pass")
 # ----------------------------------------------------------------------------
 # Config validation
 # ----------------------------------------------------------------------------
-
-
-def _positive_int(name: str, v: Any) -> None:
-  if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-    raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
 def _choice(name: str, v: Any, allowed: tuple) -> None:
@@ -140,19 +136,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("lam", "beta"):
     _number(f"config.search.{key}", s.get(key))
   for key in ("num_cells", "channels", "steps", "multiplier", "stem_multiplier"):
-    _positive_int(f"config.model.{key}", config.model.get(key))
+    check_positive_int(f"config.model.{key}", config.model.get(key))
   if config.model.multiplier > config.model.steps:
     raise ValueError(f"config.model.multiplier must be <= config.model.steps="
                      f"{config.model.steps}, got {config.model.multiplier}")
   check_primitives(tuple(config.model.primitives))
-  _positive_int("config.batch_size", config.batch_size)
-  _positive_int("config.num_epochs", config.num_epochs)
+  check_positive_int("config.batch_size", config.batch_size)
+  check_positive_int("config.num_epochs", config.num_epochs)
   frac = config.data.get("train_fraction", 0.5)
   if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
     raise ValueError(f"config.data.train_fraction must lie in (0, 1), got {frac!r}")
   cap = config.get("max_steps_per_epoch", None)
   if cap is not None:
-    _positive_int("config.max_steps_per_epoch", cap)
+    check_positive_int("config.max_steps_per_epoch", cap)
   for name in ("optimizer", "arch_optimizer", "val_optimizer"):
     ocfg = config.get(name, None)
     if ocfg is None:  # val_optimizer: optional (defaults to the weights' optimizer)
@@ -167,7 +163,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.arch_optimizer.{key} must lie in [0, 1), got {b!r}")
   n = config.get("data", ml_collections.ConfigDict()).get("train_subset")
   if n is not None:
-    _positive_int("config.data.train_subset", n)
+    check_positive_int("config.data.train_subset", n)
 
 
 def method_label(config: ml_collections.ConfigDict) -> str:

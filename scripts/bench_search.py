@@ -186,7 +186,7 @@ def main(argv=None):
         f"{args.eval_epochs:g} epochs, test on {args.eval_test_subset}.")
   print()
   print("| variant | passes / step | s / epoch | vs darts-2 | step peak MiB | state MiB | "
-        "val acc (search) | derived test acc | derived params |")
+        "val-half acc in search* | derived test acc | derived params |")
   print("|---|---|---|---|---|---|---|---|---|")
   for v in variants:
     r = reports[v]
@@ -195,6 +195,11 @@ def main(argv=None):
           f"{mb(r['step_peak_bytes'])} | {mb(r['state_bytes'])} | "
           f"{r['final']['val_accuracy']:.3f} | {r['eval_test_accuracy']:.4f} | "
           f"{r['eval_params'] if r['eval_params'] is not None else '-'} |")
+  print()
+  print("* mean accuracy on the validation batches during the last search epoch, at the weights "
+        "each method scores there: DARTS-1 at w (never trained on that half), DARTS-2 at its "
+        "virtual step w', RARTS at y, which is fitted on that half (in-sample). Not comparable "
+        "across methods; the derived test accuracy is.")
   print()
   for v in variants:
     print(f"- {v}: {short_genotype(reports[v]['genotype'])}")

@@ -575,6 +575,9 @@ def test_run_search_end_to_end_and_train_the_genotype(tmp_path):
      r"config.arch_optimizer.b1 must lie in \[0, 1\), got 1.5"),
     (lambda c: setattr(c.data, "train_subset", 0),
      r"config.data.train_subset must be a positive int, got 0"),
+    (lambda c: setattr(c.search, "alpha_init_scale", float("nan")),
+     r"config.search.alpha_init_scale must be a finite number >= 0, got nan"),
+    (lambda c: setattr(c, "seed", -3), r"config.seed must be an integer >= 0, got -3"),
 ])
 def test_validate_config_errors(edit, match):
   from configs import rarts_cifar10  # pylint: disable=import-outside-toplevel
@@ -582,6 +585,22 @@ def test_validate_config_errors(edit, match):
   edit(c)
   with pytest.raises(ValueError, match=match):
     search.validate_config(c)
+
+
+def test_diverged_search_raises_instead_of_deriving_a_genotype(tmp_path):
+  # NaN logits make argmax pick the first column: a "genotype" of max-pools on every edge
+  # would be written without complaint.
+  with pytest.raises(ValueError, match=r"alpha must be finite .* got 3 non-finite logits"):
+    search.derive_cell(np.where(np.isin(np.arange(14), (0, 3, 5))[:, None] & (np.arange(8) == 2),
+                                np.nan, 0.0))
+  c = _tiny_search_config(_synthetic_cifar(tmp_path))
+  c.num_epochs = 1
+  c.model.num_cells = 1
+  c.optimizer.lr = 1e30
+  c.val_optimizer.lr = 1e30
+  with pytest.raises(FloatingPointError, match=r"the search diverged in epoch 1: .*train_loss"):
+    search.run_search(c, str(tmp_path / "search"))
+  assert not (tmp_path / "search" / "genotype.json").exists()
 
 
 def test_argument_errors():

@@ -59,7 +59,11 @@ def derive_cell(alpha: Any, primitives: Sequence[str] = PRIMITIVES,
     raise ValueError(f"keep must be 1 or 2 (incoming edges per node; the first node has two "
                      f"inputs), got {keep!r}")
   primitives = check_primitives(primitives)
-  w = _softmax(np.asarray(alpha, np.float64))
+  alpha = np.asarray(alpha, np.float64)
+  if not np.all(np.isfinite(alpha)):
+    raise ValueError(f"alpha must be finite (a search that diverged has no architecture), got "
+                     f"{int(np.size(alpha) - np.isfinite(alpha).sum())} non-finite logits")
+  w = _softmax(alpha)
   if w.ndim != 2 or w.shape[1] != len(primitives):
     raise ValueError(f"alpha must have shape (num_edges, {len(primitives)}) (one column per "
                      f"primitive), got {w.shape}")

@@ -40,7 +40,7 @@ time, leaving out the very first step (it may include one-off work).
 
 Memory: ``step_peak_bytes``, the device bytes a step needs beyond its data
 batches: with ``"step"``, XLA's memory analysis of the compiled step
-(arguments + outputs + temporaries); with ``"pass"``, the search state plus,
+(arguments + outputs + temporaries, less the two batches' bytes); with ``"pass"``, the search state plus,
 maximised over the step's gradient passes, the arrays the step holds at the
 pass (``jax.live_arrays`` minus those alive when the step began) and the
 pass's outputs and XLA temporaries. Also reported: ``state_bytes`` and the
@@ -117,6 +117,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ValueError: naming the field, its value and what is allowed.
   """
   _choice("config.dataset", config.dataset, tuple(data_lib.DATASETS))
+  seed = config.get("seed", 0)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"config.seed must be an integer >= 0, got {seed!r}")
   s = config.search
   _choice("config.search.method", s.method, METHODS)
   mode = config.get("compile", "step")
@@ -135,6 +138,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             algorithms.ALPHA_UPDATES)
   for key in ("lam", "beta"):
     _number(f"config.search.{key}", s.get(key))
+  _number("config.search.alpha_init_scale", s.get("alpha_init_scale", 1e-3))
   for key in ("num_cells", "channels", "steps", "multiplier", "stem_multiplier"):
     check_positive_int(f"config.model.{key}", config.model.get(key))
   if config.model.multiplier > config.model.steps:
@@ -435,7 +439,7 @@ class Search:
       self.step_fn = jax.jit(step, donate_argnums=donate).lower(self.state, *self.first).compile()
       a = _analysis(self.step_fn)
       self.step_peak_bytes = None if a is None else (
-          a["argument"] + a["output"] + a["temp"] - a["alias"])
+          a["argument"] + a["output"] + a["temp"] - a["alias"] - _tree_bytes(self.first))
     else:
       self.step_fn = step
       self.step_peak_bytes = None
@@ -474,13 +478,20 @@ class Search:
       step_metrics.append(m)
     self.epoch_seconds.append(seconds)
     alphas = jax.device_get(self.state.alphas)
+    means = _epoch_means(step_metrics)
+    bad = sorted(k for k, v in means.items() if not np.all(np.isfinite(v)))
+    bad += [f"alphas[{c!r}]" for c in CELL_TYPES if not np.all(np.isfinite(alphas[c]))]
+    if bad:
+      raise FloatingPointError(f"the search diverged in epoch {self.epoch}: {', '.join(bad)} "
+                               f"not finite (no genotype is derived from it); lower the learning "
+                               f"rates or check the data")
     for c in CELL_TYPES:
       self.history[c].append(np.asarray(alphas[c]))
     genotype = derive_genotype(alphas, self.primitives,
                                multiplier=int(self.config.model.multiplier))
     peak, source = _peak_memory()
     spe = self.steps_per_epoch
-    self.record = {"epoch": self.epoch, "step": self.epoch * spe, **_epoch_means(step_metrics),
+    self.record = {"epoch": self.epoch, "step": self.epoch * spe, **means,
                    "epoch_seconds": seconds, "lr": float(self.schedule(self.epoch * spe - 1)),
                    "peak_memory_bytes": peak, "memory_source": source,
                    "genotype": genotype_str(genotype)}

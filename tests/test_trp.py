@@ -287,6 +287,28 @@ def test_nuclear_subgradient_on_a_dense_kernel_and_at_low_rank():
   np.testing.assert_allclose(np.asarray(g["fc"]["kernel"]), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_nuclear_subgradient_keeps_the_truncated_rank_in_low_precision(dtype):
+  # A rank-r kernel stored in bf16/f16 whose kept singular values are 6% of the
+  # largest: the direction must be U_r V_r^T of all r, not just the top one
+  # (sqrt(eps) of bf16, 0.088, dropped all but one).
+  r = _rng(11)
+  u, _ = np.linalg.qr(r.normal(size=(40, 12)))
+  v, _ = np.linalg.qr(r.normal(size=(9 * 16, 12)))
+  s = np.r_[1.0, [0.06] * 5, [0.0] * 6]  # rank 6
+  kernel = trp.from_matrix(jnp.asarray((u * s) @ v.T, jnp.float32), (3, 3, 16, 40)).astype(dtype)
+  params = {"conv": {"kernel": kernel}}
+  tx = add_nuclear_subgradient(1.0)
+  g, _ = tx.update({"conv": {"kernel": jnp.zeros_like(kernel)}}, tx.init(params), params)
+  got = np.asarray(trp.to_matrix(g["conv"]["kernel"].astype(jnp.float32)), np.float64)
+  mat = np.asarray(trp.to_matrix(kernel.astype(jnp.float32)), np.float64)
+  uu, ss, vt = np.linalg.svd(mat, full_matrices=False)
+  assert ss[5] / ss[0] > 0.05 and ss[6] / ss[0] < 0.01  # rank 6 after rounding, tail is noise
+  want = uu[:, :6] @ vt[:6]
+  tol = 2 * float(jnp.finfo(dtype).eps) * np.linalg.norm(want)
+  assert np.linalg.norm(got - want) < max(tol, 0.05), np.linalg.norm(got - want)
+
+
 def test_nuclear_zero_strength_and_zero_kernel():
   params = {"conv": {"kernel": jnp.zeros((3, 3, 6, 8))}}
   g = {"conv": {"kernel": jnp.full((3, 3, 6, 8), 2.0)}}

@@ -58,9 +58,10 @@ paper's term. The iterations are therefore the same, with two details:
    trainer builder does; a bare chain does not, and its first step uses the
    full-rank initial kernels);
 2. the numerical rank of :math:`p_k` counts singular values above
-   ``rtol · σ_max`` (default :math:`\sqrt{\epsilon}` of the dtype); the
-   rounding of ``p + (T(W) - p)`` leaves tail values near
-   :math:`\epsilon\,\sigma_{\max}`, far below it.
+   ``rtol · σ_max`` (default :math:`\sqrt{\epsilon}` of the dtype for
+   float32/64, :math:`4\epsilon` for bfloat16/float16); the rounding of
+   ``p + (T(W) - p)`` leaves tail values near :math:`\epsilon\,\sigma_{\max}`,
+   below it.
 
 The price of keeping the two halves separate Optax transforms (so that any
 optimizer, weight decay and ``MultiSteps`` go in between) is two SVDs per
@@ -407,6 +408,17 @@ def trained_rank_pruning(
 # ---------------------------------------------------------------------------
 
 
+def _default_rtol(dtype) -> float:
+  """Numerical-rank tolerance: sqrt(eps) for float32/64, 4 eps below 32 bits.
+
+  The SVD runs in float32 whatever the storage dtype, so the tail that rounding
+  a rank-r kernel to its dtype leaves is about eps(dtype) * σ_max; sqrt(eps) of
+  bfloat16 (0.088) or float16 (0.031) would also drop kept singular values.
+  """
+  eps = float(jnp.finfo(dtype).eps)
+  return 4.0 * eps if jnp.finfo(dtype).bits < 32 else math.sqrt(eps)
+
+
 def _nuclear_direction(m: jax.Array, rtol) -> jax.Array:
   """``U_k V_kᵀ`` over the singular values ``> rtol * σ_max`` (0 for a zero matrix)."""
   u, s, vt = jnp.linalg.svd(m, full_matrices=False)
@@ -451,7 +463,8 @@ def add_nuclear_subgradient(
     filter_fn: ``(path, leaf) -> bool``; default :func:`default_filter`.
     include_dense: also act on dense kernels.
     rtol: :math:`\tau`, relative tolerance of the numerical rank; default
-      :math:`\sqrt{\epsilon}` of the parameter dtype (3.5e-4 for float32).
+      :math:`\sqrt{\epsilon}` of the parameter dtype (3.5e-4 for float32),
+      :math:`4\epsilon` below 32 bits (0.031 for bfloat16, 0.0039 for float16).
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
@@ -497,8 +510,7 @@ def add_nuclear_subgradient(
     def add():
       mats = [to_matrix(p_leaves[i], scheme).astype(_compute_dtype(p_leaves[i].dtype))
               for i in idx]
-      tols = [float(np.sqrt(jnp.finfo(p_leaves[i].dtype).eps)) if rtol is None else rtol
-              for i in idx]
+      tols = [_default_rtol(p_leaves[i].dtype) if rtol is None else rtol for i in idx]
       dirs = _per_matrix(_nuclear_direction, mats, tols)
       out = []
       for d, i in zip(dirs, idx):
@@ -656,7 +668,12 @@ def trained_rank_pruning_from_config(cfg, ctx):
     ``report`` adding ``"trp": {scheme, energy, nuclear, cut, layers: {path:
     {shape, full_rank, train_rank, cut_rank, params, factored_params}},
     params, factored_params}`` (the parameter counts cover the selected
-    kernels; a layer is only factored when that is smaller).
+    kernels; a layer counts as factored when its two factors hold fewer
+    parameters than the kernel -- a parameter criterion. The export decides
+    by multiply-adds, which differ for strided spatial-wise layers, so for
+    those the report can count a layer factored that
+    :func:`sparsejax.lowrank.decompose` keeps dense; ``scripts/bench_trp.py``
+    reports the exported model's own counts).
   """
   from sparsejax import train  # pylint: disable=import-outside-toplevel
   del ctx

@@ -750,3 +750,87 @@ def test_count_of_a_parameter_product_does_not_depend_on_the_batch():
   for batch in (1, 2, 4):
     c = cp.count(m, jnp.zeros((batch, 4)))
     assert c.flops == per_example + once, batch
+
+
+# ---------------------------------------------------------------------------- review fixes
+
+
+class _OuterGate(nnx.Module):
+  """An activation x activation product with no contracted axis (einsum 'bi,bj->bij')."""
+
+  def __init__(self, rngs):
+    self.a, self.b = nnx.Linear(4, 3, rngs=rngs), nnx.Linear(4, 3, rngs=rngs)
+    self.w = nnx.Param(jax.random.normal(jax.random.key(1), (3, 3, 2)))
+
+  def __call__(self, x):
+    h1 = nnx.relu(self.a(x) - 8.0)  # zero on small inputs: the output check alone misses it
+    return jnp.einsum("bij,ijk->bk", jnp.einsum("bi,bj->bij", h1, self.b(x)), self.w[...])
+
+
+def test_product_of_activations_without_contraction_is_not_zero():
+  # Was treated as the constant 0 ("every contracted term is zero" over no terms): all of
+  # a's and b's channels were removed and the model returned 0 for large inputs.
+  m = _OuterGate(nnx.Rngs(0))
+  small = cp.compact(m, jnp.zeros((2, 4)))
+  assert small.a.kernel.shape == (4, 3) and small.b.kernel.shape == (4, 3)
+  x = 10 * jax.random.normal(jax.random.key(3), (2, 4))
+  np.testing.assert_allclose(_outputs(small, x), _outputs(m, x), rtol=1e-6)
+  assert np.abs(_outputs(m, x)).max() > 1.0
+
+
+class _Odd(nnx.Module):
+  """bf16 conv + BN, nnx.remat, instance norm, LinearGeneral, Einsum and a
+  NaN-guarded variance: each used to crash, miscount or keep a zero channel."""
+
+  def __init__(self, rngs, dtype=jnp.float32):
+    self.c1 = nnx.Conv(3, 6, (3, 3), param_dtype=dtype, dtype=dtype, rngs=rngs)
+    self.c2 = nnx.Conv(6, 6, (3, 3), rngs=rngs)
+    self.gn = nnx.GroupNorm(6, num_groups=6, rngs=rngs)  # instance norm
+    self.lg = nnx.LinearGeneral(6, 5, rngs=rngs)
+    self.es = nnx.Einsum("bi,io->bo", (5, 4), (4,), rngs=rngs)
+    self.head = nnx.Linear(4, 2, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.c1(x)).astype(jnp.float32)
+    h = nnx.remat(lambda mod, y: nnx.relu(mod(y)))(self.c2, h)
+    h = h / jnp.sqrt(jnp.var(h, axis=(1, 2), keepdims=True) + 1.0)  # jnp.var has a NaN fallback
+    h = self.gn(h).mean(axis=(1, 2))
+    return self.head(nnx.relu(self.es(nnx.relu(self.lg(h)))))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_remat_bf16_instance_norm_linear_general_einsum_compact_exactly(dtype):
+  m = _Odd(nnx.Rngs(0), dtype)
+  zero = lambda v, idx, axis: v.set_value(v.get_value().at[(slice(None),) * axis + (idx,)].set(0))  # noqa: E731
+  zero(m.c1.kernel, 1, 3)
+  zero(m.c1.bias, 1, 0)
+  zero(m.c2.kernel, 4, 3)
+  zero(m.c2.bias, 4, 0)
+  zero(m.gn.scale, 2, 0)
+  zero(m.gn.bias, 2, 0)
+  zero(m.lg.kernel, 3, 1)
+  zero(m.lg.bias, 3, 0)
+  zero(m.es.kernel, 0, 1)
+  zero(m.es.bias, 0, 0)
+  x = jnp.zeros((2, 6, 6, 3))
+  small = cp.compact(m, x)
+  assert small.c1.kernel.shape == (3, 3, 3, 5) and small.c1.kernel.dtype == dtype
+  assert small.c2.kernel.shape == (3, 3, 5, 4)  # c2's filter 4 and (via gn) channel 2
+  assert small.gn.scale.shape == (4,) and small.gn.num_groups == 4
+  assert small.lg.kernel.shape == (4, 4) and small.es.kernel.shape == (4, 3)
+  xr = jax.random.normal(jax.random.key(0), (3, 6, 6, 3))
+  np.testing.assert_allclose(_outputs(small, xr), _outputs(m, xr), rtol=1e-5, atol=1e-5)
+  c = cp.count(m, x)
+  assert c.flops == (6 * 6 * 9 * 3 * 6 + 6 * 6 * 9 * 6 * 6  # both convs (remat body counted)
+                     + 6 * 5 + 5 * 4 + 4 * 2)
+
+
+def test_count_transposed_conv_skips_the_inserted_zeros():
+  # 8x8 -> 16x16, stride 2, 3x3, 4 -> 5: each of the 64 input pixels meets 9 taps, less
+  # the taps SAME cropping drops (one row and one column of the 3x3 border: 23 = 8*3 - 1 per
+  # axis); counting every output position x 9 taps gave 16*16*9*4*5 = 46,080.
+  m = nnx.ConvTranspose(4, 5, (3, 3), strides=(2, 2), rngs=nnx.Rngs(0))
+  assert cp.count(m, jnp.ones((2, 8, 8, 4))).flops == 23 * 23 * 4 * 5
+  # An ordinary conv is unchanged: 3x3 outputs (stride 2) x 9 taps x 8 x 8.
+  assert cp.count(nnx.Conv(8, 8, (3, 3), strides=2, rngs=nnx.Rngs(0)),
+                  jnp.ones((2, 6, 6, 8))).flops == 3 * 3 * 9 * 8 * 8

@@ -242,10 +242,18 @@ def _cshape(shape, labels) -> tuple[int, ...]:
 
 
 def _is_numeric(dtype) -> bool:
-  try:
-    return np.issubdtype(np.dtype(dtype), np.number) or np.dtype(dtype) == np.bool_
+  try:  # jax.dtypes.issubdtype: numpy's says bfloat16 is not a number
+    return jax.dtypes.issubdtype(dtype, np.number) or np.dtype(dtype) == np.bool_
   except TypeError:
     return False
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """``a != b`` with NaN equal to NaN (a NaN constant is uniform, not varying)."""
+  ne = a != b
+  if jax.dtypes.issubdtype(a.dtype, np.inexact):
+    ne &= ~(np.isnan(a) & np.isnan(b))
+  return ne
 
 
 def _np(x) -> np.ndarray:
@@ -271,7 +279,7 @@ sharding_constraint stop_gradient mesh_cast reshard
 # Primitives whose body is a sub-jaxpr run once on the operands.
 _CALLS = frozenset(("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
                     "custom_vjp_call", "custom_vjp_call_jaxpr", "checkpoint", "remat",
-                    "custom_lin"))
+                    "remat2", "custom_lin"))
 
 _REDUCE = frozenset(("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
                      "reduce_or", "reduce_xor", "argmax", "argmin"))
@@ -474,7 +482,7 @@ class _Interpreter:
     for ax in range(nd):
       if out_labels[ax] is None and val.shape[ax] > 1:
         first = val.take([0], axis=ax)
-        nonu = np.any(val != first, axis=ax, keepdims=True)
+        nonu = np.any(_differs(val, first), axis=ax, keepdims=True)
         vary = np.any(vary, axis=ax, keepdims=True) | nonu
         zero = np.all(zero, axis=ax, keepdims=True)
         val = first
@@ -648,7 +656,7 @@ class _Interpreter:
     for ax in range(lhs.ndim):  # collapse any (pinned) labelled non-feature axis
       if ax != lf and c.shape[ax] > 1:
         first = c.take([0], axis=ax)
-        vy = np.any(vy, axis=ax, keepdims=True) | np.any(c != first, axis=ax, keepdims=True)
+        vy = np.any(vy, axis=ax, keepdims=True) | np.any(_differs(c, first), axis=ax, keepdims=True)
         z = np.all(z, axis=ax, keepdims=True) & ~vy
         c = first
     c = np.broadcast_to(c.reshape(-1), (c_in,))
@@ -706,7 +714,9 @@ class _Interpreter:
     if both_known:
       out = _np(self.bind(eqn, [lhs.known, rhs.known])[0])
       return [self.make_known(out, out_labels)]
-    all_ok = True
+    # With no contracted axis the product is elementwise (an outer or
+    # batched product), zero only where a factor is: not "all terms zero".
+    all_ok = bool(contracted)
     for a, b, lab in contracted:
       ok = self.known_zero_along(lhs, a) | self.known_zero_along(rhs, b)
       self.bad(lab, ~ok)
@@ -738,7 +748,7 @@ class _Interpreter:
     for ax in range(len(out_shape)):
       if out_labels[ax] is None and cval.shape[ax] > 1:
         first = cval.take([0], axis=ax)
-        nonu = np.any(cval != first, axis=ax, keepdims=True)
+        nonu = np.any(_differs(cval, first), axis=ax, keepdims=True)
         vary = np.any(vary, axis=ax, keepdims=True) | nonu
         cval = first
     return [self.make_act(out_shape, out_aval.dtype, out_labels, cval, vary)]
@@ -795,7 +805,7 @@ class _Interpreter:
     for a in range(v.ndim):
       if labels[a] is None and cval.shape[a] > 1:
         first = cval.take([0], axis=a)
-        vary = np.any(vary, axis=a, keepdims=True) | np.any(cval != first, axis=a, keepdims=True)
+        vary = np.any(vary, axis=a, keepdims=True) | np.any(_differs(cval, first), axis=a, keepdims=True)
         cval = first
     padded = any(tuple(pad[a]) != (0, 0) or bdil[a] != 1 for a in range(v.ndim))
     count = int(np.prod([win[a] for a in range(v.ndim) if labels[a] is None]))
@@ -985,7 +995,7 @@ class _Interpreter:
         vary = np.concatenate([vary, np.zeros(shp, bool)], axis=a)
       elif labels[a] is None:
         first = cval.take([0], axis=a)
-        vary = np.any(vary, axis=a, keepdims=True) | np.any(cval != first, axis=a, keepdims=True)
+        vary = np.any(vary, axis=a, keepdims=True) | np.any(_differs(cval, first), axis=a, keepdims=True)
         vary = vary | (first != padval)
         cval = first
     return [self.make_act(out_shape, v.dtype, labels, cval, vary)]

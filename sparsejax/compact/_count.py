@@ -62,6 +62,32 @@ def _module_of(path: str) -> str:
   return path.rsplit("/", 1)[0] if "/" in path else path
 
 
+
+def _conv_macs(eqn) -> int:
+  """Multiply-adds of a ``conv_general_dilated``: every output entry times its
+  kernel taps times the input features per group (taps on the zero padding
+  included, the usual convention). Along an axis with input (lhs) dilation --
+  a transposed convolution -- only the taps that land on real input elements
+  count, neither the inserted zeros nor the padding: input positions times
+  kernel taps, the usual convention for transposed convolutions."""
+  p = eqn.params
+  lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+  lshape, k, oshape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
+  per_tap = int(np.prod([k[a] for a in rhs_spec[:2]]))  # out features x in features per group
+  n = int(oshape[out_spec[0]]) * per_tap
+  dil = p.get("lhs_dilation") or (1,) * (len(k) - 2)
+  rdil = p.get("rhs_dilation") or (1,) * (len(k) - 2)
+  for i, (la, ka, oa) in enumerate(zip(lhs_spec[2:], rhs_spec[2:], out_spec[2:])):
+    size, d, o, kk = int(lshape[la]), int(dil[i]), int(oshape[oa]), int(k[ka])
+    if d == 1:
+      n *= o * kk
+      continue
+    pos = (np.arange(o)[:, None] * int(p["window_strides"][i]) - int(p["padding"][i][0])
+           + np.arange(kk)[None, :] * int(rdil[i]))
+    real = (pos >= 0) & (pos < (size - 1) * d + 1) & (pos % d == 0)
+    n *= int(real.sum())
+  return n
+
 def count(model, sample_input) -> Count:
   """Counts parameters and per-example multiply-adds of ``model``.
 
@@ -114,10 +140,7 @@ def count(model, sample_input) -> Count:
         if s:
           note(_module_of(s))
       if name == "conv_general_dilated":
-        rhs_spec = eqn.params["dimension_numbers"][1]
-        k = eqn.invars[1].aval.shape
-        per_out = int(np.prod([k[a] for a in range(len(k)) if a != rhs_spec[0]]))
-        n = int(np.prod(eqn.outvars[0].aval.shape)) * per_out
+        n = _conv_macs(eqn)
         charge(_module_of(ins[1]) if ins[1] else f"conv@{_analysis._where(eqn)}", n * times_b)
       elif name == "dot_general":
         (lc, _), _ = eqn.params["dimension_numbers"]

@@ -317,6 +317,14 @@ def _fix_flax_widths(model) -> None:
     elif isinstance(m, nnx.Linear):
       k = m.kernel.get_value()
       m.in_features, m.out_features = int(k.shape[0]), int(k.shape[1])
+    elif isinstance(m, nnx.LinearGeneral):
+      k = tuple(int(s) for s in m.kernel.get_value().shape)
+      nb, ni = len(m.batch_axis), len(m.in_features)
+      m.in_features, m.out_features = k[nb:nb + ni], k[nb + ni:]
+    elif isinstance(m, nnx.Einsum):
+      m.kernel_shape = tuple(int(s) for s in m.kernel.get_value().shape)
+      if isinstance(getattr(m, "bias", None), nnx.Variable):
+        m.bias_shape = tuple(int(s) for s in m.bias.get_value().shape)
     elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm)):
       for name in ("scale", "bias", "mean", "var"):
         v = getattr(m, name, None)
@@ -329,6 +337,9 @@ def _fix_flax_widths(model) -> None:
         if isinstance(v, nnx.Variable):
           m.num_features = int(v.get_value().shape[-1])
           break
+      # Only one-channel groups (instance norm) can lose channels; wider groups
+      # mix their channels' statistics and the analysis pins them.
+      m.num_groups = int(m.num_features) // int(m.group_size)
 
 
 def rebuild(model, values: Mapping[str, Any]) -> tuple[Any, str, dict | None]:

@@ -834,3 +834,38 @@ def test_count_transposed_conv_skips_the_inserted_zeros():
   # An ordinary conv is unchanged: 3x3 outputs (stride 2) x 9 taps x 8 x 8.
   assert cp.count(nnx.Conv(8, 8, (3, 3), strides=2, rngs=nnx.Rngs(0)),
                   jnp.ones((2, 6, 6, 8))).flops == 3 * 3 * 9 * 8 * 8
+
+
+class _ExclPadPool(nnx.Module):
+
+  def __init__(self, rngs):
+    self.c1, self.c2 = nnx.Conv(3, 6, (3, 3), rngs=rngs), nnx.Conv(6, 4, (3, 3), rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.avg_pool(nnx.relu(self.c1(x)), (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
+                     count_include_pad=False)  # divides by a count that differs at the border
+    return self.c2(h)
+
+
+def test_zero_channel_through_average_pool_without_padding_counts_is_removed():
+  m = _ExclPadPool(nnx.Rngs(0))
+  m.c1.kernel.set_value(m.c1.kernel.get_value().at[..., 1].set(0.0))
+  m.c1.bias.set_value(m.c1.bias.get_value().at[1].set(0.0))
+  small = cp.compact(m, jnp.ones((1, 6, 6, 3)))
+  assert small.c1.kernel.shape[-1] == 5 and small.c2.kernel.shape[-2] == 5
+  _assert_same_outputs(m, small, (2, 6, 6, 3))
+
+
+class _Scanned(nnx.Module):
+
+  def __init__(self, rngs):
+    self.b = nnx.Linear(6, 6, rngs=rngs)
+
+  def __call__(self, x):
+    return jax.lax.scan(lambda h, _: (self.b(h), None), x, None, length=3)[0]
+
+
+def test_count_charges_products_inside_scan_to_their_module():
+  c = cp.count(_Scanned(nnx.Rngs(0)), jnp.ones((2, 6)))
+  assert c.flops == 3 * 36
+  assert {l.name: l.flops for l in c.layers} == {"b": 3 * 36}  # was under "dot@<file:line>"

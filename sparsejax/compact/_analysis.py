@@ -599,8 +599,21 @@ class _Interpreter:
     vary = np.logical_or.reduce(varies) if varies else np.zeros(cs, bool)
     with np.errstate(all="ignore"):
       cval = _np(self.bind(eqn, vals)[0])
+    anyzero = None
     if eqn.primitive.name == "mul":
       anyzero = np.logical_or.reduce(zeros)
+    elif eqn.primitive.name == "div" and not ins[1].is_act:
+      # 0 / d is 0 wherever the known divisor d is finite and nonzero at every
+      # position the collapsed entry stands for (e.g. avg_pool's per-position
+      # counts with count_include_pad=False).
+      d = _np(ins[1].known)
+      d = d.reshape((1,) * (nd - d.ndim) + d.shape)
+      ok = (d != 0) & np.isfinite(d)
+      for ax in range(nd):
+        if labels[ax] is None and ok.shape[ax] > 1:
+          ok = np.all(ok, axis=ax, keepdims=True)
+      anyzero = zeros[0] & np.broadcast_to(ok, cs)
+    if anyzero is not None:
       vary = vary & ~anyzero
       cval = np.where(anyzero, _zero_of(cval.dtype), cval)
     return [self.make_act(out_shape, out_aval.dtype, labels, cval, vary)]

@@ -160,15 +160,17 @@ def count(model, sample_input) -> Count:
              {iv for iv, ov in zip(inner.invars, eqn.invars)
               if not isinstance(ov, jcore.Literal) and ov in deps})
       elif name == "scan":
-        inner = eqn.params["jaxpr"].jaxpr
-        walk(inner, {}, times * int(eqn.params["length"]), set(inner.invars) if dep else set())
+        inner = eqn.params["jaxpr"].jaxpr  # invars: consts, carry, xs -- as the eqn's
+        walk(inner, {iv: s for iv, s in zip(inner.invars, ins) if s},
+             times * int(eqn.params["length"]), set(inner.invars) if dep else set())
       elif name == "cond":
         before = dict(flops)
         best: dict[str, int] = {}
         for br in eqn.params["branches"]:
           flops.clear()
           flops.update(before)
-          walk(br.jaxpr, {}, times, set(br.jaxpr.invars) if dep else set())
+          walk(br.jaxpr, {iv: s for iv, s in zip(br.jaxpr.invars, ins[1:]) if s}, times,
+               set(br.jaxpr.invars) if dep else set())
           if sum(flops.values()) > sum(best.values() or [0]):
             best = dict(flops)
         flops.clear()

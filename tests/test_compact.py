@@ -869,3 +869,26 @@ def test_count_charges_products_inside_scan_to_their_module():
   c = cp.count(_Scanned(nnx.Rngs(0)), jnp.ones((2, 6)))
   assert c.flops == 3 * 36
   assert {l.name: l.flops for l in c.layers} == {"b": 3 * 36}  # was under "dot@<file:line>"
+
+
+class _SpyEmbed(nnx.Module):
+  """Integer input (ids); records what it is called with."""
+
+  def __init__(self, rngs):
+    self.c = nnx.Linear(1, 3, rngs=rngs)
+    self.seen = []
+
+  def __call__(self, ids):
+    self.seen.append(np.asarray(ids))
+    return self.c(ids[:, None].astype(jnp.float32))
+
+
+def test_output_check_redraws_integer_inputs_within_their_range():
+  # The check's second trial used to repeat an integer sample (uint8 images, ids), so it ran
+  # on one input only; it now redraws within the sample's range, keeping ids valid.
+  from sparsejax.compact import _check_outputs  # pylint: disable=import-outside-toplevel
+  m = _SpyEmbed(nnx.Rngs(0))
+  ids = jnp.asarray([0, 3, 7, 2, 5, 5, 1, 4], jnp.int32)
+  _check_outputs(m, m, ids, 1e-5, 1e-5)
+  redrawn = [s for s in m.seen if not np.array_equal(s, np.asarray(ids))]
+  assert redrawn and all(s.min() >= 0 and s.max() <= 7 and s.dtype == np.int32 for s in redrawn)

@@ -136,6 +136,12 @@ def _check_outputs(model, new, sample_input, rtol: float, atol: float) -> float:
     dt = np.dtype(x.dtype)
     if np.issubdtype(dt, np.floating):
       rand.append(jnp.asarray(rng.normal(size=x.shape), dt))
+    elif (np.issubdtype(dt, np.integer) and hasattr(x, "shape")
+          and not isinstance(x, jax.ShapeDtypeStruct) and np.size(x)):
+      # Integers (uint8 images, token ids): redrawn within the sample's own range,
+      # so that ids stay valid; a constant sample stays as it is.
+      lo, hi = int(np.min(x)), int(np.max(x))
+      rand.append(jnp.asarray(rng.integers(lo, hi + 1, size=x.shape), dt))
     elif hasattr(x, "shape") and not isinstance(x, jax.ShapeDtypeStruct):
       rand.append(jnp.asarray(x))
     else:

@@ -4,7 +4,8 @@ Launch:
   python scripts/train.py --config configs/default.py --workdir runs/default
   python scripts/train.py --config configs/default.py:smoke --workdir /tmp/smoke
   python scripts/train.py --config configs/default.py:dense --workdir runs/dense
-Override any field: --config.num_epochs=5 --config.algorithm.sparsity=0.95
+Override any field: --config.num_epochs=8 --config.algorithm.sparsity=0.95 (the ramp must end
+by num_epochs: a shorter run also needs --config.algorithm.end_epoch)
 
 SGD with momentum 0.9, lr 0.05 cosine, weight decay 5e-4, batch 128, 10 epochs.
 The mask ramps from epoch 1 to epoch 6 with a cubic schedule (mask updated every

@@ -39,6 +39,7 @@ from flax import nnx  # noqa: E402
 
 from sparsejax import compact as cp  # noqa: E402
 from sparsejax import models  # noqa: E402
+from sparsejax._util import parse_list  # noqa: E402
 
 INPUT = {"lenet300_100": (28, 28, 1), "lenet5": (28, 28, 1)}
 
@@ -125,8 +126,16 @@ def main() -> None:
                        "which rounds every shrunk width up to a multiple of m")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
-  batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-  multiples = [int(m) for m in args.multiple_of.split(",")]
+  try:
+    batch_sizes = parse_list("--batch_sizes", args.batch_sizes, int, low=1)
+    multiples = parse_list("--multiple_of", args.multiple_of, int, low=1)
+    fractions = parse_list("--fractions", args.fractions, float, low=0.0, high=1.0,
+                           high_open=True)
+    model_names = parse_list("--models", args.models, allowed=tuple(models.MODELS))
+  except ValueError as e:
+    ap.error(str(e))
+  if args.repeats < 1:
+    ap.error(f"--repeats must be >= 1, got {args.repeats}")
   rows = []
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"{os.cpu_count()} CPU(s) visible", flush=True)
@@ -142,10 +151,10 @@ def main() -> None:
     dense = models.get_model(name, rngs=nnx.Rngs(0), **orig)
     cases.append((name, "saved run", dense, small, f"compacted model from {args.compacted}"))
   else:
-    for name in args.models.split(","):
+    for name in model_names:
       dense = models.get_model(name, rngs=nnx.Rngs(args.seed))
       x1 = jnp.zeros((1,) + _input_shape(name))
-      for frac in (float(f) for f in args.fractions.split(",")):
+      for frac in fractions:
         masked = nnx.clone(dense)
         zero_channel_fraction(masked, x1, frac, method=args.method, seed=args.seed)
         for m in multiples:

@@ -56,6 +56,7 @@ from configs import genotype_cifar10  # pylint: disable=wrong-import-position
 from configs import rarts_cifar10  # pylint: disable=wrong-import-position
 from sparsejax import search  # pylint: disable=wrong-import-position
 from sparsejax import train  # pylint: disable=wrong-import-position
+from sparsejax._util import parse_list  # pylint: disable=wrong-import-position
 
 VARIANTS = {
     "rarts": (rarts_cifar10, "cpu"),
@@ -94,6 +95,18 @@ def _args(argv=None):
   bad = [v for v in args.variants.split(",") if v not in VARIANTS]
   if bad:
     ap.error(f"--variants: unknown {bad}; allowed: {list(VARIANTS)}")
+  try:  # parsed before the searches run, not after them
+    args.eval_widths = parse_list("--eval-widths", args.eval_widths, int, low=1)
+  except ValueError as e:
+    ap.error(str(e))
+  if len(args.eval_widths) != 3:
+    ap.error(f"--eval-widths needs 3 stage widths, got {args.eval_widths}")
+  for flag in ("cells", "channels", "steps", "subset", "batch_size", "epochs", "eval_cells",
+               "eval_subset", "eval_test_subset", "eval_batch_size"):
+    if getattr(args, flag) < 1:
+      ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+  if not args.eval_epochs > 0:
+    ap.error(f"--eval-epochs must be > 0, got {args.eval_epochs}")
   return args
 
 
@@ -124,7 +137,7 @@ def eval_config(genotype_path: str, args):
   c.data.test_subset = args.eval_test_subset
   c.model.kwargs.genotype = genotype_path
   c.model.kwargs.num_cells = args.eval_cells
-  c.model.kwargs.widths = tuple(int(w) for w in args.eval_widths.split(","))
+  c.model.kwargs.widths = tuple(args.eval_widths)
   c.num_epochs = args.eval_epochs
   c.batch_size = args.eval_batch_size
   c.progress_bar = False

@@ -76,6 +76,7 @@ from configs import lenet5_mnist_sgl  # pylint: disable=wrong-import-position
 from sparsejax import models  # pylint: disable=wrong-import-position
 from sparsejax import prox  # pylint: disable=wrong-import-position
 from sparsejax import train  # pylint: disable=wrong-import-position
+from sparsejax._util import parse_list  # pylint: disable=wrong-import-position
 from sparsejax import tree as tree_lib  # pylint: disable=wrong-import-position
 from sparsejax.optim import group_lasso  # pylint: disable=wrong-import-position
 from sparsejax.optim.proximal_gradient import proximal  # pylint: disable=wrong-import-position
@@ -396,6 +397,13 @@ def main():
     return
   if args.magnitude_sparsity is not None and not 0.0 <= args.magnitude_sparsity < 1.0:
     parser.error(f"--magnitude-sparsity must be in [0, 1), got {args.magnitude_sparsity}")
+  try:  # checked before hours of training, not when the loop reaches the entry
+    args.kinds = ",".join(parse_list("--kinds", args.kinds, allowed=lenet5_mnist_sgl.KINDS,
+                                     allow_empty=True))
+    args.baselines = parse_list("--baselines", args.baselines, allowed=("dense", "magnitude"),
+                                allow_empty=True)
+  except ValueError as e:
+    parser.error(str(e))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
   os.makedirs(args.workdir, exist_ok=True)
   results = {"args": vars(args)}

@@ -58,6 +58,7 @@ from sparsejax import lowrank  # pylint: disable=wrong-import-position
 from sparsejax import models  # pylint: disable=wrong-import-position
 from sparsejax import pipelines  # pylint: disable=wrong-import-position
 from sparsejax import train  # pylint: disable=wrong-import-position
+from sparsejax._util import parse_list  # pylint: disable=wrong-import-position
 from sparsejax.optim import trp  # pylint: disable=wrong-import-position
 
 VARIANTS = ("dense", "channel", "spatial")
@@ -138,9 +139,7 @@ def bench_accuracy(args) -> list[dict]:
   os.makedirs(args.workdir, exist_ok=True)
   rows, exported = [], {}
   sample = jnp.zeros((1, 32, 32, 3), jnp.float32)
-  for variant in args.variants.split(","):
-    if variant not in VARIANTS:
-      raise ValueError(f"--variants: unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+  for variant in args.variants:
     c = _config(variant, args)
     name = _run_name(variant, args)
     workdir = os.path.join(args.workdir, name)
@@ -244,6 +243,10 @@ def main():
   parser.add_argument("--latency-batch", type=int, default=128)
   parser.add_argument("--step-batch-size", type=int, default=128)
   args = parser.parse_args()
+  try:  # before the step benchmark and any training, not when the loop reaches the entry
+    args.variants = parse_list("--variants", args.variants, allowed=VARIANTS)
+  except ValueError as e:
+    parser.error(str(e))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
   if args.only in (None, "step"):
     bench_step(args)

@@ -61,7 +61,10 @@ def main(argv=None) -> dict:
   flags.DEFINE_string("name", None, "Override the saved model name.")
   flags.DEFINE_integer("batch_size", 500, "Evaluation batch size.")
   flags.mark_flags_as_required(["model_dir", "dataset"])
-  flags.FLAGS(argv if argv is not None else sys.argv)
+  rest = flags.FLAGS(argv if argv is not None else sys.argv)
+  if len(rest) > 1:
+    raise SystemExit(f"scripts/eval.py: unexpected positional arguments {rest[1:]} (every "
+                     f"option is a --flag; see --help)")
   f = flags.FLAGS
 
   from sparsejax import compact  # pylint: disable=import-outside-toplevel

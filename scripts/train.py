@@ -2,7 +2,7 @@ r"""Trains a model from an ml_collections config.
 
   python scripts/train.py --config configs/default.py --workdir runs/default
   python scripts/train.py --config configs/default.py:smoke --workdir /tmp/s \
-      --config.num_epochs=1
+      --config.num_epochs=2
 
 Re-running with the same --workdir resumes from its newest checkpoint.
 """

@@ -88,3 +88,34 @@ def check_positive_int(name: str, value, *, optional: bool = False) -> None:
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, "
                      f"got {value!r}")
+
+
+def parse_list(flag: str, text: str, convert=str, *, allowed=None, low=None, high=None,
+               high_open: bool = False, allow_empty: bool = False) -> list:
+  """Parses a comma-separated command-line list, checking every entry.
+
+  ``convert`` turns each entry into a value (``str``, ``int``, ``float``);
+  ``allowed`` restricts the values; ``low``/``high`` bound numbers (``high``
+  excluded with ``high_open``). Empty entries are skipped.
+
+  Raises:
+    ValueError: naming ``flag``, the bad entry and what is allowed.
+  """
+  out = []
+  for item in (t.strip() for t in str(text).split(",")):
+    if not item:
+      continue
+    try:
+      v = convert(item)
+    except ValueError:
+      raise ValueError(f"{flag}: {item!r} is not a valid {convert.__name__}") from None
+    if allowed is not None and v not in allowed:
+      raise ValueError(f"{flag}: unknown entry {item!r}; allowed: {', '.join(map(str, allowed))}")
+    if low is not None and not v >= low or high is not None and not (
+        v < high if high_open else v <= high):
+      rng = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}"
+      raise ValueError(f"{flag}: {item!r} is outside {rng}{')' if high_open else ']'}")
+    out.append(v)
+  if not out and not allow_empty:
+    raise ValueError(f"{flag}: no entries in {text!r}")
+  return out

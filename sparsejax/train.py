@@ -135,8 +135,63 @@ def _check_choice(name: str, value, allowed) -> None:
     raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
+def _check_number(name: str, v, *, low: float, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False) -> None:
+  """A finite real in the range, else ValueError naming the field."""
+  ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+  ok = ok and np.isfinite(v) and (v > low if low_open else v >= low)
+  if ok and high is not None:
+    ok = v < high if high_open else v <= high
+  if not ok:
+    lo = f"{'(' if low_open else '['}{low:g}"
+    hi = f"{high:g}{')' if high_open else ']'}" if high is not None else "inf)"
+    raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {v!r}")
+
+
+def _validate_schedules(config) -> None:
+  """Numbers of the optimizer, learning rate, pruning ramp and checkpoints."""
+  n = float(config.num_epochs)
+  opt, lr = config.optimizer, config.lr
+  _check_number("config.lr.base", lr.get("base"), low=0.0, low_open=True)
+  _check_number("config.optimizer.weight_decay", opt.get("weight_decay", 0.0), low=0.0)
+  if opt.name == "sgd":
+    _check_number("config.optimizer.momentum", opt.get("momentum", 0.0), low=0.0, high=1.0,
+                  high_open=True)
+  if lr.schedule in ("cosine", "warmup_cosine"):
+    _check_number("config.lr.final_fraction", lr.get("final_fraction", 0.0), low=0.0, high=1.0)
+  if lr.schedule == "warmup_cosine":
+    _check_number("config.lr.warmup_epochs", lr.get("warmup_epochs", 1), low=0.0)
+  if lr.schedule == "step":
+    _check_number("config.lr.factor", lr.get("factor", 0.1), low=0.0, low_open=True)
+    for i, e in enumerate(lr.get("boundaries_epochs", ())):
+      # A boundary at or past the end never applies: a shortened num_epochs left
+      # the full recipe's boundaries behind (e.g. 81/122 of 164 in a 20-epoch run).
+      _check_number(f"config.lr.boundaries_epochs[{i}]", e, low=0.0, high=n, low_open=True,
+                    high_open=True)
+  alg = config.algorithm
+  if alg.name == "magnitude_pruning":
+    begin, end = alg.get("begin_epoch", 0), alg.get("end_epoch", 1)
+    _check_number("config.algorithm.begin_epoch", begin, low=0.0)
+    if not (isinstance(end, (int, float)) and not isinstance(end, bool) and begin <= end <= n):
+      raise ValueError(
+          f"config.algorithm.end_epoch must lie in [begin_epoch={begin!r}, num_epochs={n:g}] "
+          f"(the sparsity ramp ends there; past the end the run never reaches "
+          f"sparsity={alg.get('sparsity')!r}), got {end!r}")
+  ccfg = config.get("checkpoint", None)
+  if ccfg is not None:
+    every = ccfg.get("every_steps", 0)
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
+      raise ValueError(f"config.checkpoint.every_steps must be an int >= 0 (0: once per "
+                       f"epoch), got {every!r}")
+
+
 def validate_config(config) -> None:
-  """Checks names in ``config`` before any data is loaded or model built."""
+  """Checks names and numbers in ``config`` before any data is loaded or model built."""
+  if "search" in config or "model" not in config or "name" not in config.model:
+    raise ValueError("this config has no config.model.name" + (
+        " and has a config.search section: it is an architecture-search config, run it with "
+        "scripts/search.py" if "search" in config else "") + "; scripts/train.py needs a "
+        "training config such as configs/default.py")
   _check_choice("config.dataset", config.dataset, data_lib.DATASETS)
   _check_choice("config.model.name", config.model.name, models_lib.MODELS)
   _check_choice("config.algorithm.name", config.algorithm.name, tuple(ALGORITHMS))
@@ -154,6 +209,7 @@ def validate_config(config) -> None:
   m = config.get("compact_multiple_of", 1)
   if isinstance(m, bool) or not isinstance(m, int) or m < 1:
     raise ValueError(f"config.compact_multiple_of must be a positive int, got {m!r}")
+  _validate_schedules(config)
 
 
 # ----------------------------------------------------------------------------

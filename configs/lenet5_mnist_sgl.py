@@ -4,6 +4,7 @@ Launch:
   python scripts/train.py --config configs/lenet5_mnist_sgl.py --workdir runs/sgl_l0
   python scripts/train.py --config configs/lenet5_mnist_sgl.py:tl1 --workdir runs/sgl_tl1
   python scripts/train.py --config configs/lenet5_mnist_sgl.py:short,l1 --workdir runs/sgl_l1_short
+  python scripts/train.py --config configs/lenet5_mnist_sgl.py:strong --workdir runs/sgl_l0_strong
   python scripts/train.py --config configs/lenet5_mnist_sgl.py:smoke --workdir /tmp/sgl_smoke
 Set SPARSEJAX_DATA_DIR (or --config.data.dir) to a directory holding mnist.npz.
 
@@ -30,6 +31,13 @@ Variants (comma-separated, at most one kind):
     boundary scaled by 1/10 (lr x0.1 at 4/8/12/16, beta growth every 4 epochs);
     about 11 minutes on 2 idle CPU cores. Not the paper's recipe: its figures are
     lower-bound indications.
+  ``strong``: NOT the paper's settings: lambda = 3 (30x) and beta_0 = 25 (10x)
+    on a 100-epoch schedule (lr x0.1 at 20/40/60/80, beta growth every 20
+    epochs). Measured 2026-12-04 with ``l0`` (BENCHMARKS.md): 99.22% test
+    accuracy with 97.29% of W below 1e-5, where the paper's settings at 200
+    epochs reach 99.18% at 89.86%. About 55 minutes on 2 idle CPU cores.
+    Combined with ``short`` or ``smoke`` it keeps lambda/beta_0 and takes their
+    schedule.
   ``smoke``: 2 epochs on a 3,000-image subset (test on 1,000), for tests.
 """
 
@@ -39,7 +47,7 @@ from configs import _common
 from configs import default as _default
 
 KINDS = ("l0", "l1", "tl1", "lhalf")
-_SCHEDULES = ("short", "smoke")
+_SCHEDULES = ("strong", "short", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -62,6 +70,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       filter_regex=""))
   c.compact = True  # report parameters/FLOPs after removing zero channels
 
+  if "strong" in variants:
+    c.algorithm.lam = 3.0
+    c.algorithm.beta = 25.0
+    c.num_epochs = 100.0
+    c.lr.boundaries_epochs = (20, 40, 60, 80)
+    c.algorithm.growth_every_epochs = 20.0
   if "short" in variants:
     c.num_epochs = 20.0
     c.lr.boundaries_epochs = (4, 8, 12, 16)

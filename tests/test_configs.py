@@ -24,6 +24,7 @@ CONFIG_VARIANTS = {
                       "second_order,cpu"],
     "rarts_cifar10": ["", "jacobi", "cpu", "smoke", "cpu,jacobi"],
     "genotype_cifar10": ["", "cpu", "smoke"],
+    "lenet5_mnist_sgl": ["", "tl1", "short,l1", "strong", "strong,smoke,lhalf"],
 }
 
 
@@ -61,6 +62,20 @@ def test_trainer_configs_share_the_default_fields():
     module = importlib.import_module(f"configs.{name}")
     if not getattr(module, "SEARCH_CONFIG", False):
       assert fields <= set(module.get_config().keys()), name
+
+
+def test_sgl_strong_variant_is_the_measured_command():
+  """``lenet5_mnist_sgl.py:strong`` is the run BENCHMARKS.md reports (lam 3, beta_0 25, 100 ep)."""
+  from configs import lenet5_mnist_sgl  # pylint: disable=import-outside-toplevel
+  measured = lenet5_mnist_sgl.get_config()
+  measured.algorithm.lam = 3.0
+  measured.algorithm.beta = 25.0
+  measured.num_epochs = 100.0
+  measured.lr.boundaries_epochs = (20, 40, 60, 80)
+  measured.algorithm.growth_every_epochs = 20.0
+  assert lenet5_mnist_sgl.get_config("strong").to_dict() == measured.to_dict()
+  smoke = lenet5_mnist_sgl.get_config("strong,smoke")
+  assert (smoke.algorithm.lam, smoke.algorithm.beta, smoke.num_epochs) == (3.0, 25.0, 2.0)
 
 
 def test_cifar10_dense_bad_variant():

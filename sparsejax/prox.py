@@ -217,15 +217,18 @@ def _cubic_middle_root(k):
 @jax.jit
 def _half(x, lam):
   ax = jnp.abs(x)
-  # |x| > t = 1.5 lam^(2/3)  <=>  (2|x|/3)^3 > lam^2 (no fractional power).
+  # |x| > t = 1.5 lam^(2/3)  <=>  (2|x|/3)^(3/2) > lam: no fractional power,
+  # and no squares, so tiny |x| and lam do not underflow to 0 > 0 (float32:
+  # lam = 1e-24, x = 1e-15 > t = 1.5e-16 was mapped to 0).
   q = (2.0 / 3.0) * ax
-  keep = q * q * q > lam * lam
+  keep = q * jnp.sqrt(q) > lam
   # k = (lam/4)(|x|/3)^(-3/2) <= 1/sqrt(2) on the branch; 0 elsewhere.
   r = jnp.where(keep, ax, 1.0) / 3.0
   k = jnp.where(keep, (lam / 4.0) / (r * jnp.sqrt(r)), 0.0)
   k = jnp.clip(k, 0.0, math.sqrt(0.5))
   w = _cubic_largest_root(k)  # w = cos(phi'/3); 1 + cos(2 phi'/3) = 2 w^2
-  return jnp.where(keep, (4.0 / 3.0) * x * w * w, _zero_or_nan(x))
+  z = jnp.where(keep, (4.0 / 3.0) * x * w * w, _zero_or_nan(x))
+  return jnp.where(lam == 0, x, z)  # exact identity (the root is only rounded)
 
 
 def _tl1_threshold(lam, a):

@@ -290,6 +290,26 @@ def test_lam_broadcast_matches_scalar_loop(name, lam_shape):
 
 
 @pytest.mark.parametrize("name", MAPS)
+def test_zero_strength_is_the_identity(name):
+  x = jnp.asarray([-3.0, -1e-30, 0.0, 1e-20, 0.7, 2.0], jnp.float32)
+  np.testing.assert_array_equal(_apply(name, x, 0.0, 0.5), x)
+
+
+def test_lhalf_is_scale_equivariant_at_tiny_scale():
+  """lhalf(c x, c^(3/2) lam) = c lhalf(x, lam): z = c u turns the objective into c^2 times the
+  one at (x, lam). At c = 1e-20 in float32 both |x|^3 and lam^2 underflow, which must not
+  decide the threshold (every entry used to come out 0)."""
+  rng = np.random.default_rng(11)
+  lam = 0.5
+  x = np.concatenate([rng.uniform(-4, 4, 64), [1.5 * lam ** (2 / 3) * 1.01]])
+  ref = np.asarray(prox.lhalf(jnp.asarray(x, jnp.float32), lam))
+  assert np.count_nonzero(ref) > 20
+  c = 1e-20
+  tiny = np.asarray(prox.lhalf(jnp.asarray(c * x, jnp.float32), c ** 1.5 * lam))
+  np.testing.assert_allclose(tiny / c, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MAPS)
 def test_jit_and_vmap_agree(name):
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(5, 7)) * 2, jnp.float32)

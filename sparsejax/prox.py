@@ -434,7 +434,10 @@ def nuclear(w: ArrayLike, lam: ArrayLike) -> jax.Array:
     Z = U \operatorname{diag}\bigl(\max(\sigma - \lambda, 0)\bigr) V^\top.
 
   Convex, unique minimiser. The reconstruction uses ``HIGHEST`` matmul
-  precision.
+  precision. Differentiable wherever no singular value equals ``lam``, also
+  at repeated or zero singular values (where differentiating through the SVD
+  would divide by :math:`\sigma_i^2 - \sigma_j^2 = 0`): the derivative is
+  the closed form of a spectral function (Candès, Sing-Long & Trzasko, 2013).
 
   Args:
     w: a 2-D array of any floating dtype (use ``jax.vmap`` for a batch).
@@ -448,9 +451,56 @@ def nuclear(w: ArrayLike, lam: ArrayLike) -> jax.Array:
     raise ValueError(f"w must be a 2-D matrix, got ndim {w.ndim} (shape "
                      f"{w.shape}); reshape it first or use jax.vmap")
   lam = _scalar_param(lam, "lam", cdtype)
+  return _svt(w, jnp.asarray(lam, cdtype)).astype(dtype)
+
+
+def _mm(a, b):
+  return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+@jax.custom_jvp
+def _svt(w, lam):
   u, s, vt = jnp.linalg.svd(w, full_matrices=False)
-  s = jnp.maximum(s - lam, 0.0)
-  return jnp.matmul(u * s, vt, precision=_HIGHEST).astype(dtype)
+  return _mm(u * jnp.maximum(s - lam, 0.0), vt)
+
+
+@_svt.defjvp
+def _svt_jvp(primals, tangents):
+  """JVP of Z = U f(S) V^T, f(s) = max(s - lam, 0), without 1/(s_i - s_j).
+
+  With dP = U^T dW V: dZ = U (K_sym * sym(dP) + K_anti * anti(dP)) V^T
+  + (I - UU^T) dW V diag(f/s) V^T + U diag(f/s) U^T dW (I - VV^T)
+  - dlam U diag[s > lam] V^T, where K_sym[i,j] = (f_i - f_j)/(s_i - s_j)
+  (f'(s_i) on the diagonal) and K_anti[i,j] = (f_i + f_j)/(s_i + s_j). f is
+  linear on each side of lam, so K_sym is exactly 1 (0) when both s are above
+  (at or below) lam and only straddling pairs, whose s differ, divide.
+  0/0 limits (s = 0) take f'(0): 1 when lam = 0 (f is the identity), else 0.
+  """
+  w, lam = primals
+  dw, dlam = tangents
+  u, s, vt = jnp.linalg.svd(w, full_matrices=False)
+  v = vt.T
+  f = jnp.maximum(s - lam, 0.0)
+  identity = lam == 0
+  above = (s > lam) | identity
+  both_above = above[:, None] & above[None, :]
+  both_below = ~above[:, None] & ~above[None, :]
+  same_side = both_above | both_below
+  diff = jnp.where(same_side, 1.0, s[:, None] - s[None, :])
+  k_sym = jnp.where(both_above, 1.0, jnp.where(both_below, 0.0, (f[:, None] - f[None, :]) / diff))
+  tot = s[:, None] + s[None, :]
+  k_anti = jnp.where(tot > 0, (f[:, None] + f[None, :]) / jnp.where(tot > 0, tot, 1.0),
+                     identity.astype(w.dtype))
+  ratio = jnp.where(s > 0, f / jnp.where(s > 0, s, 1.0), identity.astype(w.dtype))
+  dp = _mm(_mm(u.T, dw), v)
+  inner = k_sym * (0.5 * (dp + dp.T)) + k_anti * (0.5 * (dp - dp.T))
+  dwv = _mm(dw, v)
+  left_perp = dwv - _mm(u, _mm(u.T, dwv))  # (I - UU^T) dW V
+  utdw = _mm(u.T, dw)
+  right_perp = utdw - _mm(_mm(utdw, v), vt)  # U^T dW (I - VV^T)
+  dz = (_mm(_mm(u, inner), vt) + _mm(left_perp * ratio, vt) + _mm(u * ratio, right_perp)
+        - dlam * _mm(u * (s > lam).astype(w.dtype), vt))
+  return _mm(u * f, vt), dz
 
 
 @functools.partial(jax.jit, static_argnames="axis")

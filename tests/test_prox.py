@@ -456,6 +456,44 @@ def test_nuclear_jit_and_vmap():
   np.testing.assert_allclose(jax.jit(prox.nuclear)(w[0], 0.7), ref[0], atol=1e-5)
 
 
+def _svt_numpy(w, lam):
+  u, s, vt = np.linalg.svd(w, full_matrices=False)
+  return (u * np.maximum(s - lam, 0)) @ vt
+
+
+def _nuclear_cases():
+  rng = np.random.default_rng(12)
+  q6, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+  q4, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+  return {
+      "generic 6x4": rng.normal(size=(6, 4)),
+      "generic 3x5": rng.normal(size=(3, 5)),
+      "zero": np.zeros((4, 3)),
+      "identity": np.eye(3),
+      "repeated above and below lam": q6[:, :4] @ np.diag([2.0, 2.0, 0.1, 0.1]) @ q4,
+      "rank 2 of 6x4": rng.normal(size=(6, 2)) @ rng.normal(size=(2, 4)),
+  }
+
+
+@pytest.mark.parametrize("case", list(_nuclear_cases()))
+def test_nuclear_derivative_matches_finite_differences(case):
+  """JVP in w and lam against central differences, also where SVD's own gradient is NaN."""
+  w = _nuclear_cases()[case]
+  lam, h = 0.5, 1e-6
+  rng = np.random.default_rng(13)
+  with jax.enable_x64(True):
+    for _ in range(3):
+      dw = rng.normal(size=w.shape)
+      dlam = float(rng.normal())
+      _, jvp = jax.jvp(prox.nuclear, (jnp.asarray(w), jnp.float64(lam)),
+                       (jnp.asarray(dw), jnp.float64(dlam)))
+      fd = (_svt_numpy(w + h * dw, lam + h * dlam) - _svt_numpy(w - h * dw, lam - h * dlam)) / (
+          2 * h)
+      np.testing.assert_allclose(np.asarray(jvp), fd, atol=1e-6)
+    grad = jax.grad(lambda m: jnp.sum(prox.nuclear(m, lam) ** 2))(jnp.asarray(w, jnp.float32))
+    assert np.isfinite(np.asarray(grad)).all()
+
+
 # ---------------------------------------------------------------------------
 # sparse_group
 # ---------------------------------------------------------------------------

@@ -245,7 +245,9 @@ def _tl1(x, lam, a):
   # sin(phi/2) with phi from the closed form; in [0, 1] on the branch. Off
   # the branch a dummy 0 keeps every step finite.
   b = a + ax
-  k = _safe_sqrt(jnp.minimum(27.0 * lam * a * (a + 1.0) / (4.0 * b * b * b), 1.0))
+  # 27 lam a (a+1) / (4 b^3) as a product of ratios <= 1: b^3 overflows
+  # float32 for a > ~7e12 (k = 0 returned x unshrunk).
+  k = _safe_sqrt(jnp.minimum(6.75 * (lam / b) * (a / b) * ((a + 1.0) / b), 1.0))
   k = jnp.where(keep, k, 0.0)
   v = _cubic_middle_root(k)  # v = sin(phi/6)
   # (2/3)(a+|x|)cos(phi/3) - 2a/3 + |x|/3 rewritten with
@@ -529,6 +531,10 @@ def _sparse_group_l0(x, lam, mu, axis):
   rank = jnp.argsort(order, axis=1)  # position of each entry in the sort.
   keep = rank < best[:, None]
   z = jnp.where(keep, xg * scale, 0.0)
+  # A NaN sorts last and would be dropped: keep it, and zero the rest of its
+  # group, as the other kinds do (a diverged weight is never silently zeroed).
+  nan = jnp.isnan(xg)
+  z = jnp.where(jnp.any(nan, axis=1, keepdims=True), jnp.where(nan, xg, 0.0), z)
   return jnp.moveaxis(z.reshape(shape_g), 0, axis)
 
 

@@ -770,3 +770,22 @@ def test_nan_stays_nan_and_infinity_stays_infinite(name):
     z = np.asarray(_apply(name, x, lam, 1.0))
     assert np.isnan(z[0])
     np.testing.assert_array_equal(z[1:], [np.inf, -np.inf, 0.0])
+
+
+@pytest.mark.parametrize("kind", ["l0", "l1", "tl1", "lhalf"])
+def test_sparse_group_keeps_nan(kind):
+  """Every kind returns a NaN entry as NaN (l0's exact map sorted it last and zeroed it)."""
+  x = jnp.asarray([[np.nan, 1.0, 2.0], [0.5, np.nan, np.nan], [1.0, 2.0, 3.0]], jnp.float32)
+  z = np.asarray(prox.sparse_group(x, 0.1, 0.1, kind=kind, axis=0))
+  np.testing.assert_array_equal(np.isnan(z), np.isnan(np.asarray(x)))
+  # The finite group is unaffected by its neighbours' NaN.
+  ref = np.asarray(prox.sparse_group(x[2:], 0.1, 0.1, kind=kind, axis=0))
+  np.testing.assert_array_equal(z[2:], ref)
+
+
+@pytest.mark.parametrize("a", [1e13, 1e30])
+def test_tl1_large_a_is_l1(a):
+  """rho_a(z) = (a+1)|z|/(a+|z|) -> |z| as a grows; (a+|x|)^3 overflowed float32 at a ~ 7e12."""
+  x = jnp.asarray(np.random.default_rng(14).uniform(-5, 5, 200), jnp.float32)
+  for lam in (0.01, 1.0):
+    np.testing.assert_allclose(prox.tl1(x, lam, a), prox.l1(x, lam), rtol=1e-5, atol=1e-6)

@@ -97,8 +97,12 @@ def _algorithm_none(cfg, ctx):
 
 def _algorithm_magnitude_pruning(cfg, ctx):
   spe = ctx["steps_per_epoch"]
-  begin = int(round(cfg.get("begin_epoch", 0) * spe))
-  end = int(round(cfg.get("end_epoch", 1) * spe))
+  # The optimizer's count runs 0 .. total_steps - 1: a ramp ending at
+  # end_epoch = num_epochs ends on the last step, not one past it (where the
+  # final mask update never ran: 86.6% instead of 90%).
+  last = ctx["total_steps"] - 1
+  end = min(int(round(cfg.get("end_epoch", 1) * spe)), last)
+  begin = min(int(round(cfg.get("begin_epoch", 0) * spe)), end)
   every = int(cfg.get("update_every_steps", 100))
   distribution = cfg.get("distribution", "uniform")
   if isinstance(distribution, ml_collections.ConfigDict):

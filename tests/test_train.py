@@ -235,6 +235,27 @@ def test_step_schedule_boundaries_on_the_same_step_compound():
                              [1.0, 1.0, 1e-2, 1e-2, 1e-3, 1e-3], rtol=1e-6)
 
 
+@pytest.mark.parametrize("end_epoch", [3.0, 2.95])
+def test_pruning_ramp_ending_with_the_run_reaches_its_target(end_epoch):
+  """end_epoch = num_epochs: the last mask update runs on the last step (count total - 1)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  c = default_config.get_config()
+  c.algorithm.sparsity, c.algorithm.begin_epoch, c.algorithm.end_epoch = 0.9, 0.0, end_epoch
+  c.algorithm.update_every_steps, c.algorithm.distribution = 10, "uniform"
+  spe, total = 10, 30  # 3 epochs
+  alg = train.make_algorithm(c, optax.constant_schedule(0.1), spe, total)
+  tx = optax.chain(optax.sgd(0.01), *alg.after)
+  params = {"dense": {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(20, 50)),
+                                            jnp.float32)}}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(total):
+    updates, state = step(jax.tree.map(lambda a: jnp.full_like(a, 1e-3), params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert int((params["dense"]["kernel"] == 0).sum()) == 900
+
+
 def test_metrics_writer_drops_a_truncated_last_line(tmp_path):
   path = tmp_path / "metrics.jsonl"
   full = [{"step": 20, "epoch_seconds": 1.5}, {"step": 40, "epoch_seconds": 2.5},

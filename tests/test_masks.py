@@ -10,9 +10,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sparsejax import masks
+from sparsejax import optim
 from sparsejax import tree as tree_lib
 
 
@@ -535,3 +537,23 @@ def test_masks_with_a_leaf_where_params_have_a_subtree_are_an_error():
                                                    "kernel": np.zeros((16, 4), bool)}})
   np.testing.assert_array_equal(out["fc1"]["kernel"], params["fc1"]["kernel"])
   np.testing.assert_array_equal(out["fc2"]["kernel"], np.zeros((16, 4)))
+
+
+def test_params_holding_tuples_get_the_same_masks_as_dicts():
+  """A tuple inside params is a container (it used to be taken for a (sparsity, leaf) pair)."""
+  rng = np.random.default_rng(21)
+  a, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((6, 8), (5, 7)))
+  as_tuple, as_dict = {"layers": (a, b)}, {"layers": {"0": a, "1": b}}
+  everything = lambda p, l: True  # pylint: disable=unnecessary-lambda-assignment
+  for dist in ("uniform", "global", "erk"):
+    mt = masks.magnitude(as_tuple, 0.6, filter_fn=everything, distribution=dist)
+    md = masks.magnitude(as_dict, 0.6, filter_fn=everything, distribution=dist)
+    for i in range(2):
+      np.testing.assert_array_equal(mt["layers"][i], md["layers"][str(i)])
+  pruned = masks.apply(as_tuple, mt)
+  np.testing.assert_array_equal(pruned["layers"][1], jnp.where(mt["layers"][1], b, 0.0))
+  tx = optim.magnitude_pruning(0.6, begin_step=0, end_step=0, update_every=1,
+                               filter_fn=everything)
+  upd, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, as_tuple), tx.init(as_tuple), as_tuple)
+  after = optax.apply_updates(as_tuple, upd)
+  assert [int((x == 0).sum()) for x in after["layers"]] == [28, 21]  # floor(0.6 n), n = 48, 35

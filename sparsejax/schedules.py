@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from sparsejax import _util
+
 __all__ = [
     "polynomial_progress",
     "polynomial_sparsity",
@@ -21,20 +23,12 @@ __all__ = [
 
 
 def check_fraction(name: str, value, *, allow_one: bool = False) -> None:
-  """Raises ``ValueError`` unless ``value`` lies in ``[0, 1)`` (or ``[0, 1]``).
+  """Raises unless ``value`` is a real scalar in ``[0, 1)`` (or ``[0, 1]``).
 
-  Traced values cannot be checked and are let through.
+  ``TypeError`` for a string, bool or non-scalar, ``ValueError`` (naming
+  ``name``) out of range or NaN. Traced scalars cannot be checked and pass.
   """
-  try:
-    v = float(value)
-  except (TypeError, ValueError):
-    if hasattr(value, "shape"):  # a tracer: checked by the caller's contract
-      return
-    raise TypeError(f"{name} must be a number, got {value!r}") from None
-  hi_ok = v <= 1.0 if allow_one else v < 1.0
-  if not (0.0 <= v and hi_ok):
-    interval = "[0, 1]" if allow_one else "[0, 1)"
-    raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+  _util.check_real(name, value, low=0.0, high=1.0, high_open=not allow_one, scalar=True)
 
 
 def _is_int(v) -> bool:
@@ -63,8 +57,7 @@ def polynomial_progress(
   on; a single jump at :math:`t_0` when :math:`t_0 = t_1`.
   """
   _check_steps(begin_step, end_step)
-  if power <= 0:
-    raise ValueError(f"power must be > 0, got {power!r}")
+  _util.check_real("power", power, low=0.0, low_open=True, scalar=True, finite=True)
   span = max(end_step - begin_step, 1)
 
   def progress(step):

@@ -50,6 +50,20 @@ def test_polynomial_sparsity_initial_value():
   assert float(s(5)) == pytest.approx(0.8 + (0.2 - 0.8) * 0.5 ** 3)
 
 
+@pytest.mark.parametrize("args,kwargs,exc,match", [
+    ((np.array([0.5, 1.7]), 0, 10), {}, TypeError, "final_sparsity must be a real scalar"),
+    (("0.5", 0, 10), {}, TypeError, "final_sparsity"),
+    ((False, 0, 10), {}, TypeError, "final_sparsity"),
+    ((0.9, 0, 10), dict(initial_sparsity=float("nan")), ValueError, "initial_sparsity"),
+    ((0.9, 0, 10), dict(power=float("nan")), ValueError, "power must be > 0"),
+    ((0.9, 0, 10), dict(power="3"), TypeError, "power"),
+])
+def test_polynomial_sparsity_rejects_bad_arguments(args, kwargs, exc, match):
+  """An array sparsity used to be taken for a tracer and gave sparsities above 1; NaN powers NaN."""
+  with pytest.raises(exc, match=match):
+    schedules.polynomial_sparsity(*args, **kwargs)
+
+
 def test_is_update_step_grid():
   got = [bool(schedules.is_update_step(t, 3, 12, 4)) for t in range(16)]
   want = [t in (3, 7, 11, 12) for t in range(16)]

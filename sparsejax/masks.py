@@ -25,8 +25,11 @@ keeps when the magnitudes are distinct. **Ties:** all entries tied with ``t_k``
 are pruned, so slightly more than ``k`` entries may be pruned when magnitudes
 repeat (e.g. many exact zeros are all pruned together). NaNs compare above
 every number and are never pruned. ``bfloat16``/``float16`` leaves are compared
-in float32 (exact). Counts are ``int32``: at most ``2**31 - 1`` entries may take
-part in one threshold.
+in float32 (exact). When any leaf taking part is 64-bit (float64 or int64,
+which exist only under ``jax_enable_x64``) all are compared in float64: the
+search runs over ``uint64`` patterns in 63 iterations. (int32 values above
+``2**24`` are compared in float32 and may tie.) Counts are ``int32``: at most
+``2**31 - 1`` entries may take part in one threshold.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ _POOLS = ("l2", "l1", "max")
 _INF_BITS = 0x7F800000
 # The search interval [0, _INF_BITS] holds < 2**31 values: 31 halvings suffice.
 _SEARCH_ITERS = 31
+# 64-bit leaves (float64/int64, only under jax_enable_x64) search float64 bits.
+_INF_BITS_64 = 0x7FF0000000000000
+_SEARCH_ITERS_64 = 63
 _INT32_MAX = 2**31 - 1
 
 
@@ -168,23 +174,36 @@ def num_to_prune(size: int, sparsity) -> int | jax.Array:
   return jnp.clip(k, 0, size).astype(jnp.int32)
 
 
-def _abs_bits(x: jax.Array) -> jax.Array:
-  """uint32 bit pattern of ``|x|`` in float32 (orders like ``|x|``; NaN above inf)."""
+def _is_wide(leaves) -> bool:
+  """Some leaf is 64-bit (float64 or int64): compare in float64, not float32."""
+  return any(jnp.result_type(x).itemsize == 8 for x in leaves)
+
+
+def _abs_bits(x: jax.Array, wide: bool = False) -> jax.Array:
+  """Bit pattern of ``|x|`` (orders like ``|x|``; NaN above inf).
+
+  uint32 of float32, or with ``wide`` uint64 of float64 (distinct float64
+  magnitudes, and integers above 2**24, would tie in float32).
+  """
   x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.float32)
+  if wide:
+    bits = lax.bitcast_convert_type(x.astype(jnp.float64), jnp.uint64)
+    return bits & jnp.uint64(0x7FFFFFFFFFFFFFFF)
   bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
   return bits & jnp.uint32(0x7FFFFFFF)
 
 
-def _search_bits(count_fn: Callable[[jax.Array], jax.Array], k: jax.Array) -> jax.Array:
+def _search_bits(count_fn: Callable[[jax.Array], jax.Array], k: jax.Array,
+                 wide: bool = False) -> jax.Array:
   """Smallest bit pattern ``b`` with ``count_fn(b) >= k``, elementwise over groups.
 
-  ``count_fn(b)`` maps a ``(G,)`` uint32 array of candidate thresholds to the
-  ``(G,)`` int32 numbers of entries with ``bits <= b``; it must be monotone.
+  ``count_fn(b)`` maps a ``(G,)`` uint32 (``wide``: uint64) array of candidate
+  thresholds to the ``(G,)`` int32 numbers of entries with ``bits <= b``; it
+  must be monotone.
   """
-  lo = jnp.zeros(k.shape, jnp.uint32)
-  hi = jnp.full(k.shape, _INF_BITS, jnp.uint32)
+  udt = jnp.uint64 if wide else jnp.uint32
+  lo = jnp.zeros(k.shape, udt)
+  hi = jnp.full(k.shape, _INF_BITS_64 if wide else _INF_BITS, udt)
 
   def body(_, carry):
     lo, hi = carry
@@ -192,7 +211,7 @@ def _search_bits(count_fn: Callable[[jax.Array], jax.Array], k: jax.Array) -> ja
     enough = count_fn(mid) >= k
     return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
 
-  _, hi = lax.fori_loop(0, _SEARCH_ITERS, body, (lo, hi))
+  _, hi = lax.fori_loop(0, _SEARCH_ITERS_64 if wide else _SEARCH_ITERS, body, (lo, hi))
   return hi
 
 
@@ -200,25 +219,27 @@ def _global_threshold_bits(leaves: Sequence[jax.Array], k) -> jax.Array:
   """Bits of the k-th smallest ``|x|`` over all leaves (scalar uint32); k >= 1."""
   # Flat 1-D reductions are markedly faster than N-D ones on XLA:CPU.
   leaves = [jnp.asarray(x) for x in leaves]
+  wide = _is_wide(leaves)
 
   def count_fn(mid):  # mid: (1,)
     total = jnp.zeros((), jnp.int32)
     for x in leaves:
-      total = total + jnp.sum(_abs_bits(x) <= mid[0], dtype=jnp.int32)
+      total = total + jnp.sum(_abs_bits(x, wide) <= mid[0], dtype=jnp.int32)
     return total[None]
 
-  return _search_bits(count_fn, jnp.reshape(jnp.asarray(k, jnp.int32), (1,)))[0]
+  return _search_bits(count_fn, jnp.reshape(jnp.asarray(k, jnp.int32), (1,)), wide)[0]
 
 
 def _per_leaf_threshold_bits(leaves: Sequence[jax.Array], ks) -> jax.Array:
   """Bits of the k_i-th smallest ``|x_i|`` for every leaf, in one loop: ``(G,)``."""
   leaves = [jnp.asarray(x) for x in leaves]
+  wide = _is_wide(leaves)
 
   def count_fn(mid):  # mid: (G,)
     return jnp.stack([
-        jnp.sum(_abs_bits(x) <= mid[i], dtype=jnp.int32) for i, x in enumerate(leaves)])
+        jnp.sum(_abs_bits(x, wide) <= mid[i], dtype=jnp.int32) for i, x in enumerate(leaves)])
 
-  return _search_bits(count_fn, jnp.stack([jnp.asarray(k, jnp.int32) for k in ks]))
+  return _search_bits(count_fn, jnp.stack([jnp.asarray(k, jnp.int32) for k in ks]), wide)
 
 
 def _total_size(leaves) -> int:
@@ -232,7 +253,8 @@ def _total_size(leaves) -> int:
 def kth_smallest_abs(leaves: Sequence[jax.Array] | jax.Array, k) -> jax.Array:
   """The k-th smallest ``|x|`` (1-based) over all entries of ``leaves``, no sort.
 
-  Binary search over the uint32 bit patterns of float32 magnitudes: 31
+  Binary search over the uint32 bit patterns of float32 magnitudes (uint64 of
+  float64 when a leaf is 64-bit): 31 (63)
   iterations, each counting ``sum(|x| <= t)`` leaf by leaf (the leaves are never
   concatenated). ``x`` is pruned by ``|x| <= t`` and kept by ``|x| > t``.
 
@@ -242,7 +264,8 @@ def kth_smallest_abs(leaves: Sequence[jax.Array] | jax.Array, k) -> jax.Array:
       returns ``-inf`` (so that ``|x| > t`` keeps everything).
 
   Returns:
-    A float32 scalar, one of the magnitudes (as float32), or ``-inf`` for k = 0.
+    A float32 scalar (float64 when a leaf is 64-bit), one of the magnitudes,
+    or ``-inf`` for k = 0.
     NaNs count as larger than ``+inf``; if ``k`` exceeds the number of non-NaN
     entries the result is ``+inf``.
   """
@@ -256,12 +279,13 @@ def kth_smallest_abs(leaves: Sequence[jax.Array] | jax.Array, k) -> jax.Array:
     if int(k) == 0:
       return jnp.float32(-jnp.inf)
   bits = _global_threshold_bits(leaves, k)
-  t = lax.bitcast_convert_type(bits, jnp.float32)
-  return jnp.where(jnp.asarray(k) == 0, jnp.float32(-jnp.inf), t)
+  fdt = jnp.float64 if bits.dtype == jnp.uint64 else jnp.float32
+  t = lax.bitcast_convert_type(bits, fdt)
+  return jnp.where(jnp.asarray(k) == 0, fdt(-jnp.inf), t)
 
 
 def _keep(x, t_bits, k) -> jax.Array:
-  keep = _abs_bits(x) > t_bits
+  keep = _abs_bits(x, t_bits.dtype == jnp.uint64) > t_bits
   if _is_concrete(k):
     return keep if int(k) > 0 else jnp.ones(jnp.shape(x), bool)
   return keep | (k == 0)
@@ -520,7 +544,8 @@ def n_by_m(x: jax.Array, n: int, m: int, axis: int = -1) -> jax.Array:
   if n == 0:
     return jnp.zeros(x.shape, bool)
   moved = jnp.moveaxis(x, ax, -1)
-  groups = _abs_bits(moved).reshape(moved.shape[:-1] + (length // m, m))
+  wide = _is_wide([moved])
+  groups = _abs_bits(moved, wide).reshape(moved.shape[:-1] + (length // m, m))
   if m <= 32:
     # rank_i = #{j : |x_j| > |x_i| or (|x_j| == |x_i| and j < i)}; O(m^2), no sort.
     a = groups[..., :, None]   # i
@@ -529,7 +554,8 @@ def n_by_m(x: jax.Array, n: int, m: int, axis: int = -1) -> jax.Array:
     beats = (b > a) | ((b == a) & (idx[None, :] < idx[:, None]))
     rank = jnp.sum(beats, axis=-1)
   else:
-    order = jnp.argsort(jnp.uint32(0xFFFFFFFF) - groups, axis=-1, stable=True)
+    top = jnp.asarray(jnp.iinfo(groups.dtype).max, groups.dtype)
+    order = jnp.argsort(top - groups, axis=-1, stable=True)
     rank = jnp.argsort(order, axis=-1)
   keep = (rank < n).reshape(moved.shape)
   return jnp.moveaxis(keep, -1, ax)

@@ -557,3 +557,30 @@ def test_params_holding_tuples_get_the_same_masks_as_dicts():
   upd, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, as_tuple), tx.init(as_tuple), as_tuple)
   after = optax.apply_updates(as_tuple, upd)
   assert [int((x == 0).sum()) for x in after["layers"]] == [28, 21]  # floor(0.6 n), n = 48, 35
+
+
+def test_float64_magnitudes_are_compared_in_float64():
+  """Under x64, magnitudes that are distinct only in float64 (or int64 above 2**24) are not tied:
+  every distribution and n:m keep what a full float64 sort keeps."""
+  rng = np.random.default_rng(22)
+  with jax.enable_x64(True):
+    a = 1.0 + rng.permutation(48).reshape(6, 8) * 1e-12  # all equal in float32
+    b = 1.0 + (48 + rng.permutation(35).reshape(5, 7)) * 1e-12
+    params = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+    everything = lambda p, l: True  # pylint: disable=unnecessary-lambda-assignment
+    m = masks.magnitude(params, 0.25, filter_fn=everything)
+    for name, x in (("a", a), ("b", b)):
+      k = math.floor(0.25 * x.size)
+      np.testing.assert_array_equal(m[name], x > np.sort(x, axis=None)[k - 1])
+    g = masks.magnitude(params, 0.25, filter_fn=everything, distribution="global")
+    both = np.concatenate([a.ravel(), b.ravel()])
+    t = np.sort(both)[math.floor(0.25 * both.size) - 1]
+    np.testing.assert_array_equal(g["a"], a > t)
+    np.testing.assert_array_equal(g["b"], b > t)
+    assert float(masks.kth_smallest_abs([params["a"], params["b"]], 5)) == np.sort(both)[4]
+    nm = masks.n_by_m(jnp.asarray(a[:, :8]), 2, 8, axis=-1)
+    np.testing.assert_array_equal(np.sum(nm, axis=-1), 2)
+    np.testing.assert_array_equal(nm, a[:, :8] >= np.sort(a[:, :8], axis=-1)[:, -2:-1])
+    ints = jnp.asarray([[2**24 + 1, 2**24], [3, 4]], jnp.int64)
+    np.testing.assert_array_equal(masks.magnitude({"kernel": ints}, 0.75)["kernel"], [[True, False],
+                                                                          [False, False]])

@@ -20,6 +20,15 @@ def concrete(v) -> np.ndarray | None:
     return None
 
 
+def zero_channels(a) -> np.ndarray:
+  """Per channel (last axis) of a host array with ndim >= 1: True where all entries are 0.
+
+  Also right when some axis has length 0 (``reshape(-1, n)`` cannot infer it).
+  """
+  a = np.asarray(a)
+  return np.all(a.reshape(int(np.prod(a.shape[:-1])), a.shape[-1]) == 0, axis=0)
+
+
 def _describe(c: np.ndarray) -> str:
   if c.ndim == 0:
     return repr(c.item())

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sparsejax import _util
 from sparsejax import tree as tree_lib
 
 __all__ = [
@@ -330,7 +331,7 @@ def erk_densities(shapes: Sequence[Sequence[int]], sparsity: float) -> list[floa
   ``eps`` chosen so that the total density over all layers (weighted by their
   sizes) equals ``1 - sparsity``. Layers whose density would exceed 1 are made
   dense (density 1) and ``eps`` is recomputed for the others, repeating until no
-  density exceeds 1.
+  density exceeds 1. Scalar (0-d) and empty shapes are dense.
 
   Args:
     shapes: the layer shapes.
@@ -345,7 +346,8 @@ def erk_densities(shapes: Sequence[Sequence[int]], sparsity: float) -> list[floa
   sizes = [float(np.prod(s, dtype=np.float64)) for s in shapes]
   raw = [float(np.sum(s)) / n if n > 0 else 0.0 for s, n in zip(shapes, sizes)]
   budget = (1.0 - sparsity) * sum(sizes)
-  dense = [n == 0 for n in sizes]
+  # Empty and 0-d leaves have no ERK scale (sum(()) = 0): they stay dense.
+  dense = [n == 0 or len(s) == 0 for s, n in zip(shapes, sizes)]
   while True:
     rest = budget - sum(n for n, d in zip(sizes, dense) if d)
     divisor = sum(r * n for r, n, d in zip(raw, sizes, dense) if not d)
@@ -746,8 +748,7 @@ def summary(params, masks=None) -> dict:
     size = int(a.size)
     zeros = int(size - np.count_nonzero(a))
     if a.ndim >= 2:
-      nz_per_channel = np.count_nonzero(a.reshape(-1, a.shape[-1]), axis=0)
-      zero_channels = int(np.sum(nz_per_channel == 0))
+      zero_channels = int(np.sum(_util.zero_channels(a)))
       channels = int(a.shape[-1])
     else:
       zero_channels, channels = 0, 0

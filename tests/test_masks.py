@@ -584,3 +584,19 @@ def test_float64_magnitudes_are_compared_in_float64():
     ints = jnp.asarray([[2**24 + 1, 2**24], [3, 4]], jnp.int64)
     np.testing.assert_array_equal(masks.magnitude({"kernel": ints}, 0.75)["kernel"], [[True, False],
                                                                           [False, False]])
+
+
+def test_erk_keeps_scalar_leaves_dense_and_hits_the_budget():
+  """A 0-d leaf has no ERK scale (it got density 0 and its entry went to the others' budget)."""
+  d = masks.erk_densities([(4, 4), ()], 0.5)
+  assert d[1] == 1.0 and d[0] == pytest.approx((0.5 * 17 - 1) / 16)
+  params = {"a": jnp.arange(1.0, 17.0).reshape(4, 4), "s": jnp.float32(2.0)}
+  m = masks.magnitude(params, 0.5, distribution="erk", filter_fn=lambda p, l: True)
+  assert bool(m["s"]) and int(m["a"].sum()) == 16 - math.floor((1 - d[0]) * 16)
+
+
+def test_summary_counts_a_leaf_with_an_empty_axis():
+  s = masks.summary({"kernel": jnp.zeros((4, 0)), "b": {"kernel": jnp.zeros((3, 2)).at[0, 1].set(1)}})
+  by_path = {l["path"]: l for l in s["layers"]}
+  assert (by_path["kernel"]["params"], by_path["kernel"]["channels"]) == (0, 0)
+  assert (by_path["b/kernel"]["zeros"], by_path["b/kernel"]["zero_channels"]) == (5, 1)

@@ -12,7 +12,7 @@ import optax
 from jax.typing import ArrayLike
 
 from sparsejax import tree as tree_lib
-from sparsejax._util import check_real
+from sparsejax._util import check_real, zero_channels
 
 __all__ = ["ProximalState", "proximal", "proximal_from_config"]
 
@@ -187,8 +187,9 @@ def proximal_from_config(cfg, ctx):
       a = np.asarray(jax.device_get(leaf))
       zeros += int(a.size - np.count_nonzero(a))
       total += int(a.size)
-      zero_ch += int(np.sum(np.count_nonzero(a.reshape(-1, a.shape[-1]), axis=0) == 0))
-      channels += int(a.shape[-1])
+      if a.ndim:
+        zero_ch += int(np.sum(zero_channels(a)))
+        channels += int(a.shape[-1])
     return {"proximal": {"prox": name, "strength": strength,
                          "sparsity": zeros / max(total, 1),
                          "zero_channels": zero_ch, "channels": channels}}

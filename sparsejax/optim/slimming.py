@@ -37,7 +37,7 @@ from jax.typing import ArrayLike
 from sparsejax import prox as prox_lib
 from sparsejax import tree as tree_lib
 from sparsejax.optim._state import find_states
-from sparsejax._util import check_real
+from sparsejax._util import check_real, zero_channels
 
 __all__ = [
     "NetworkSlimmingState",
@@ -318,8 +318,7 @@ def removable_channels(x: Any) -> dict[str, np.ndarray]:
     a = np.asarray(leaf)
     if a.ndim == 0:
       raise ValueError(f"xi leaf at '{path}' is a scalar; expected per-channel arrays")
-    zero = np.all(a.reshape(-1, a.shape[-1]) == 0, axis=0)
-    out[path] = np.flatnonzero(zero)
+    out[path] = np.flatnonzero(zero_channels(a))
   return out
 
 

@@ -486,3 +486,24 @@ def test_float16_weights_keep_a_tiny_threshold():
   _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
   np.testing.assert_array_equal(
       np.asarray(find_states(state, SparseGroupLassoState)[0].u["dense"]["kernel"]), expected)
+
+
+def test_float64_params_are_updated_in_float64():
+  """Under x64 the SGL step computes in float64 (it rounded gradients through float32)."""
+  with jax.enable_x64(True):
+    params = {"d": {"kernel": jnp.asarray([[0.3, 0.1 + 1e-12], [0.2, -0.4]], jnp.float64),
+                    "bias": jnp.asarray([0.1, 0.2], jnp.float64)}}
+    g = {"d": {"kernel": jnp.asarray([[0.1 + 1e-12, 0.2], [1e-9, 0.0]], jnp.float64),
+               "bias": jnp.asarray([1e-12, 0.0], jnp.float64)}}
+    tx = sparse_group_lasso(0.0, 2.5, num_examples=10, bias_weight_decay=0.0)
+    state = tx.init(params)
+    for _ in range(2):  # the first step keeps U_0; the second thresholds at lam / beta = 0
+      out, state = jax.jit(tx.update)(g, state, params)
+      assert_trees_close(out, g, rtol=0, atol=1e-17)
+    # lam > 0: the group term lam sqrt|g| / N * w / ||w_g|| in float64.
+    tx = sparse_group_lasso(1e-6, 2.5, num_examples=10, bias_weight_decay=0.0, u_init="threshold")
+    out, _ = tx.update(jax.tree.map(jnp.zeros_like, g), tx.init(params), params)
+    w = np.asarray(params["d"]["kernel"])
+    group = 1e-6 * np.sqrt(2) / 10 * w / np.linalg.norm(w, axis=1, keepdims=True)
+    u0 = np.where(np.abs(w) > np.sqrt(2 * 1e-6 / 2.5), w, 0.0)
+    np.testing.assert_allclose(out["d"]["kernel"], group + 2.5 / 10 * (w - u0), rtol=1e-13)

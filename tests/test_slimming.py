@@ -713,3 +713,25 @@ def test_network_slimming_xi_in_float32_with_bf16_scales():
     runs[dtype] = np.asarray(find_states(state, NetworkSlimmingState)[0].xi["bn"]["scale"])
   assert (runs[jnp.float32] == 0).sum() > 0
   np.testing.assert_array_equal(runs[jnp.bfloat16] == 0, runs[jnp.float32] == 0)
+
+
+def test_float64_scales_are_updated_in_float64():
+  """Under x64 the slimming transforms compute in float64 (they rounded through float32)."""
+  with jax.enable_x64(True):
+    params = {"bn": {"scale": jnp.asarray([0.123456789012345, -0.5], jnp.float64)}}
+    u = {"bn": {"scale": jnp.asarray([1e-9, 0.1 + 1e-12], jnp.float64)}}
+    # s = beta = 0: network_slimming passes the update through and xi stays at its init.
+    tx = slimming.network_slimming(0.1, 0.0, 0.0, xi_init="params")
+    out, state = jax.jit(tx.update)(u, tx.init(params), params)
+    np.testing.assert_allclose(out["bn"]["scale"], u["bn"]["scale"], rtol=0, atol=1e-16)
+    np.testing.assert_array_equal(state.xi["bn"]["scale"], params["bn"]["scale"])
+    # s > 0: the pulled xi moves by exactly the float64 soft-threshold step.
+    tx = slimming.network_slimming(lambda count: 0.1, 1e-9, 1.0, xi_init="params")
+    _, state = tx.update(jax.tree.map(jnp.zeros_like, u), tx.init(params), params)
+    thr = 1e-9 * 0.1 / (1.0 + 0.1)
+    np.testing.assert_allclose(state.xi["bn"]["scale"],
+                               params["bn"]["scale"] - np.sign(params["bn"]["scale"]) * thr,
+                               rtol=1e-14)
+    tx = slimming.slimming_penalty("l1", 0.0)
+    out, _ = tx.update(u, tx.init(params), params)
+    np.testing.assert_array_equal(out["bn"]["scale"], u["bn"]["scale"])

@@ -311,41 +311,48 @@ def sparse_group_lasso(
       raise ValueError("sparse_group_lasso needs params: call update(updates, state, params)")
     info, bias_paths = layout(params)
     count = state.count
-    lam_t = jnp.asarray(lam, jnp.float32)
-    n = jnp.asarray(num_examples, jnp.float32)
-    if growth_every is None:
-      grown = jnp.asarray(beta, jnp.float32)
-    else:
-      grown = jnp.asarray(beta, jnp.float32) * jnp.asarray(growth, jnp.float32) ** (
-          count // jnp.asarray(growth_every, jnp.int32)).astype(jnp.float32)
-    beta_0 = jnp.asarray(beta, jnp.float32)
+
+    def scalars(cdt):
+      """lambda, N, beta_t (grown) and beta_0 in the leaf's compute dtype."""
+      b0 = jnp.asarray(beta, cdt)
+      if growth_every is None:
+        grown = b0
+      else:
+        grown = b0 * jnp.asarray(growth, cdt) ** (
+            count // jnp.asarray(growth_every, jnp.int32)).astype(cdt)
+      return jnp.asarray(lam, cdt), jnp.asarray(num_examples, cdt), grown, b0
 
     def leaf(kp, g, p, u_prev, b_prev):
       path = tree_lib.path_str(kp)
+      # At least float32 (tau underflows in float16), float64 for float64 params.
+      cdt = jnp.result_type(jnp.float32, p, g)
+      lam_t, n, grown, beta_0 = scalars(cdt)
       if path in bias_paths:
-        wd = jnp.asarray(bias_weight_decay, jnp.float32) / n
-        return _Out((g.astype(jnp.float32) + wd * p.astype(jnp.float32)).astype(g.dtype))
+        wd = jnp.asarray(bias_weight_decay, cdt) / n
+        return _Out((g.astype(cdt) + wd * p.astype(cdt)).astype(g.dtype))
       if path not in info:
         return _Out(g)
       grows, ax, sqrt_size = info[path]
       beta_t = grown if grows else beta_0
-      tau = jnp.asarray(lam_t / b_prev, jnp.float32)  # not p's dtype: it may underflow
+      tau = lam_t / b_prev.astype(cdt)
       u_t = jnp.where(count == 0, u_prev, _threshold(kind_index, p, tau, a).astype(p.dtype))
       red = tuple(i for i in range(p.ndim) if i != ax)
-      sq = jnp.sum(jnp.square(p.astype(jnp.float32)), axis=red, keepdims=True)
+      sq = jnp.sum(jnp.square(p.astype(cdt)), axis=red, keepdims=True)
       pos = sq > 0
       inv_norm = jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, sq, 1.0)), 0.0)
-      coupling = (beta_t / n) * (p - u_t).astype(jnp.float32)
-      group = (lam_t * sqrt_size / n) * p.astype(jnp.float32) * inv_norm
-      return _Out((g.astype(jnp.float32) + coupling + group).astype(g.dtype), u_t, beta_t)
+      coupling = (beta_t / n) * (p - u_t).astype(cdt)
+      group = (lam_t * sqrt_size / n) * p.astype(cdt) * inv_norm
+      return _Out((g.astype(cdt) + coupling + group).astype(g.dtype), u_t,
+                  beta_t.astype(b_prev.dtype))
 
     outs = jax.tree_util.tree_map_with_path(leaf, updates, params, state.u, state.beta)
     new_updates = jax.tree.map(lambda o: o.g, outs)
     new_u = jax.tree.map(lambda o: o.u, outs)
     new_beta = jax.tree.map(lambda o: o.beta, outs)
     return new_updates, SparseGroupLassoState(
-        count=optax.safe_int32_increment(count), u=new_u, beta=new_beta, lam=lam_t,
-        a=jnp.asarray(a, jnp.float32), kind=jnp.asarray(kind_index, jnp.int32))
+        count=optax.safe_int32_increment(count), u=new_u, beta=new_beta,
+        lam=jnp.asarray(lam, jnp.float32), a=jnp.asarray(a, jnp.float32),
+        kind=jnp.asarray(kind_index, jnp.int32))
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -257,16 +257,18 @@ def network_slimming(
     if params is None:
       raise ValueError("network_slimming needs params: call update(updates, state, params)")
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    lr = jnp.asarray(lr, jnp.float32)
-    b = jnp.asarray(beta, jnp.float32)
-    denom = 1.0 + b * lr  # (alpha + beta) / alpha
-    w = b * lr / denom  # beta / (alpha + beta)
-    thr = jnp.asarray(s, jnp.float32) * lr / denom  # s / (alpha + beta)
-
     treedef = jax.tree.structure(params)
     p_leaves = treedef.flatten_up_to(params)
     u_leaves = treedef.flatten_up_to(updates)
     xi_leaves = treedef.flatten_up_to(state.xi)
+    # The step's arithmetic runs in xi's dtype (float32, or float64 for float64
+    # scales under x64), and so do the coefficients.
+    cdt = jnp.result_type(jnp.float32, *[xi for xi in xi_leaves if xi is not None])
+    lr = jnp.asarray(lr, cdt)
+    b = jnp.asarray(beta, cdt)
+    denom = 1.0 + b * lr  # (alpha + beta) / alpha
+    w = b * lr / denom  # beta / (alpha + beta)
+    thr = jnp.asarray(s, cdt) * lr / denom  # s / (alpha + beta)
     new_u, new_xi = [], []
     for p, u, xi in zip(p_leaves, u_leaves, xi_leaves):
       if xi is None:
@@ -274,12 +276,12 @@ def network_slimming(
         new_xi.append(None)
         continue
       dtype = xi.dtype
-      g_plus = p.astype(jnp.float32) + u.astype(jnp.float32)
-      xf = xi.astype(jnp.float32)
+      g_plus = p.astype(cdt) + u.astype(cdt)
+      xf = xi.astype(cdt)
       g = g_plus + w * (xf - g_plus)  # (alpha g+ + beta xi) / (alpha + beta)
       v = xf + w * (g - xf)  # (alpha xi + beta g) / (alpha + beta)
       new_xi.append(prox_lib.l1(v, thr).astype(dtype))
-      new_u.append((g - p.astype(jnp.float32)).astype(u.dtype))
+      new_u.append((g - p.astype(cdt)).astype(u.dtype))
     return (jax.tree.unflatten(treedef, new_u),
             NetworkSlimmingState(count=optax.safe_int32_increment(state.count),
                                  xi=jax.tree.unflatten(treedef, new_xi)))
@@ -546,8 +548,9 @@ def slimming_penalty(
     def add(sel, u, g):
       if not sel:
         return u
-      d = penalty_derivative(kind, g.astype(jnp.float32), p=p, a=a, lam=lam, eps=eps)
-      return (u.astype(jnp.float32) + jnp.asarray(s, jnp.float32) * d).astype(u.dtype)
+      cdt = jnp.result_type(jnp.float32, g, u)  # float64 params stay float64
+      d = penalty_derivative(kind, g.astype(cdt), p=p, a=a, lam=lam, eps=eps)
+      return (u.astype(cdt) + jnp.asarray(s, cdt) * d).astype(u.dtype)
 
     new = jax.tree.map(add, selected, updates, params)
     return new, SlimmingPenaltyState(count=optax.safe_int32_increment(state.count))

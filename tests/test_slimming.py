@@ -735,3 +735,18 @@ def test_float64_scales_are_updated_in_float64():
     tx = slimming.slimming_penalty("l1", 0.0)
     out, _ = tx.update(u, tx.init(params), params)
     np.testing.assert_array_equal(out["bn"]["scale"], u["bn"]["scale"])
+
+
+@pytest.mark.parametrize("kind,x,kwargs,exc,match", [
+    ("scad", [0.5, 1.5], dict(a=1.0), ValueError, "a must be > 2"),
+    ("mcp", [0.5], dict(a=-1.0), ValueError, "a must be > 0"),
+    ("lp", [0.5], dict(p=3.0), ValueError, r"p must be in \(0, 1\)"),
+    ("mcp", [0.5], dict(lam=-2.0), ValueError, "lam must be > 0"),
+    ("lp", [0.5], dict(eps=0.0), ValueError, "eps must be > 0"),
+    ("tl1", np.array([1, 2]), {}, TypeError, "floating dtype"),
+])
+def test_penalty_derivative_rejects_arguments_outside_its_domain(kind, x, kwargs, exc, match):
+  """The public derivative checks what slimming_penalty checks (SCAD with a = 1 gave NaN,
+  integer x was truncated to 0)."""
+  with pytest.raises(exc, match=match):
+    slimming.penalty_derivative(kind, jnp.asarray(x), **kwargs)

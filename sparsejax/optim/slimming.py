@@ -414,7 +414,10 @@ def penalty_derivative(kind: str, x: ArrayLike, *, p: ArrayLike = _DEFAULT_P,
   if kind not in PENALTIES:
     raise ValueError(f"kind must be one of {PENALTIES}, got {kind!r}")
   x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"x must have a floating dtype, got {x.dtype}")
   a = _DEFAULT_A.get(kind) if a is None else a
+  _check_penalty_args(kind, p, a, lam, eps)
   ax, sg = jnp.abs(x), jnp.sign(x)
   if kind == "l1":
     d = sg
@@ -428,6 +431,19 @@ def penalty_derivative(kind: str, x: ArrayLike, *, p: ArrayLike = _DEFAULT_P,
     mid = jnp.maximum(a * lam - ax, 0.0) / (a - 1.0)
     d = sg * jnp.where(ax <= lam, lam, mid)
   return d.astype(x.dtype)
+
+
+def _check_penalty_args(kind, p, a, lam, eps) -> None:
+  """The ranges where each penalty's derivative is defined (concrete values only)."""
+  if kind == "lp":
+    check_real("p", p, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_real("eps", eps, low=0.0, low_open=True)
+  if kind in ("tl1", "mcp"):
+    check_real("a", a, low=0.0, low_open=True)
+  if kind == "scad":
+    check_real("a", a, low=2.0, low_open=True)
+  if kind in ("mcp", "scad"):
+    check_real("lam", lam, low=0.0, low_open=True)
 
 
 def slimming_penalty(
@@ -526,15 +542,7 @@ def slimming_penalty(
   a = _DEFAULT_A.get(kind) if a is None else a
   lam = _DEFAULT_LAM if lam is None else lam
   eps = _DEFAULT_EPS if eps is None else eps
-  if kind == "lp":
-    check_real("p", p, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_real("eps", eps, low=0.0, low_open=True)
-  if kind in ("tl1", "mcp"):
-    check_real("a", a, low=0.0, low_open=True)
-  if kind == "scad":
-    check_real("a", a, low=2.0, low_open=True)
-  if kind in ("mcp", "scad"):
-    check_real("lam", lam, low=0.0, low_open=True)
+  _check_penalty_args(kind, p, a, lam, eps)
 
   def init_fn(params):
     _select_nonempty(params, filter_fn, "slimming_penalty")

@@ -135,6 +135,21 @@ def select(tree, filter_fn: FilterFn | None = None) -> Any:
       lambda p, x: bool(_is_array_leaf(x) and filter_fn(path_str(p), x)), tree)
 
 
+def check_selected(tree, selected, who: str, wanted: str = "") -> None:
+  """Raises ``ValueError`` when ``selected`` (from :func:`select`) holds no True.
+
+  A transform whose filter matches nothing would silently train a dense model
+  (e.g. a mistyped ``filter_regex``). The message names ``who``, what the
+  filter should select (``wanted``) and the first parameter paths.
+  """
+  if any(jax.tree.leaves(selected)):
+    return
+  paths = [p for p, _ in leaves_with_paths(tree)]
+  raise ValueError(
+      f"{who}: filter_fn selected no parameter{'; it must select ' + wanted if wanted else ''}. "
+      f"Parameter paths: {paths[:12]}{' ...' if len(paths) > 12 else ''}")
+
+
 def map_selected(fn, tree, selected, *rest, none_for_unselected: bool = True):
   """Applies ``fn(leaf, *rest_leaves)`` where ``selected`` is True.
 

@@ -507,3 +507,10 @@ def test_float64_params_are_updated_in_float64():
     group = 1e-6 * np.sqrt(2) / 10 * w / np.linalg.norm(w, axis=1, keepdims=True)
     u0 = np.where(np.abs(w) > np.sqrt(2 * 1e-6 / 2.5), w, 0.0)
     np.testing.assert_allclose(out["d"]["kernel"], group + 2.5 / 10 * (w - u0), rtol=1e-13)
+
+
+def test_filter_selecting_nothing_is_an_error():
+  """A mistyped filter_regex used to give u = None everywhere and a plain (dense) optimizer."""
+  tx = sparse_group_lasso(0.1, 2.5, num_examples=10, filter_fn=tree_lib.regex("nomatch"))
+  with pytest.raises(ValueError, match=r"sparse_group_lasso: filter_fn selected no parameter"):
+    tx.init({"d": {"kernel": jnp.ones((3, 2))}})

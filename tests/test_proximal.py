@@ -264,3 +264,10 @@ def test_float16_params_keep_a_tiny_threshold():
   assert out.dtype == jnp.float16
   np.testing.assert_array_equal(np.asarray(out, np.float32),
                                 np.asarray(jnp.array([[0, 0], [2e-3, 0]], jnp.float16), np.float32))
+
+
+def test_filter_selecting_nothing_is_an_error():
+  """A filter that matches no leaf would leave every update untouched (a dense run)."""
+  params = {"lin": {"weights": jnp.ones((2, 2))}}
+  with pytest.raises(ValueError, match=r"proximal: filter_fn selected no parameter.*lin/weights"):
+    proximal(prox.l1, 100.0, 1.0).init(params)

@@ -224,7 +224,7 @@ def sparse_group_lasso(
     >>> tx = optax.chain(sparse_group_lasso(0.1, 2.5, num_examples=1),
     ...                  optax.sgd(0.0))
     >>> state = tx.init(params)
-    >>> sparse_params(state, params)["dense"]["kernel"]  # l0: |w| <= 0.2 -> 0
+    >>> sparse_params(state, params)["dense"]["kernel"]  # l0: |w| <= sqrt(2 lam / beta) = 0.28 -> 0
     Array([[0.5, 0. ],
            [0. , 0. ]], dtype=float32)
 
@@ -287,6 +287,9 @@ def sparse_group_lasso(
 
   def init_fn(params):
     info, _ = layout(params)
+    if not info:
+      tree_lib.check_selected(params, [], "sparse_group_lasso",
+                              "the kernels to regularise (ndim >= 2)")
     f32 = jnp.float32
     if u_init == "uniform":
       key = jax.random.PRNGKey(u_init_seed)

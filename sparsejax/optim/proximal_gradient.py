@@ -112,7 +112,7 @@ def proximal(
   filter_fn = tree_lib.kernels if filter_fn is None else filter_fn
 
   def init_fn(params):
-    del params
+    tree_lib.check_selected(params, tree_lib.select(params, filter_fn), "proximal")
     return ProximalState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):

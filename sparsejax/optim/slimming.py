@@ -107,12 +107,9 @@ def _is_none(x) -> bool:
 
 def _select_nonempty(params, filter_fn, transform: str):
   selected = tree_lib.select(params, filter_fn)
-  if not any(jax.tree.leaves(selected)):
-    paths = [p for p, _ in tree_lib.leaves_with_paths(params)]
-    raise ValueError(
-        f"{transform}: filter_fn selected no parameter; it must select the batch-norm "
-        f"scales (default sparsejax.tree.bn_scales: 1-D leaves named 'scale'). "
-        f"Parameter paths: {paths[:12]}{' ...' if len(paths) > 12 else ''}")
+  tree_lib.check_selected(params, selected, transform,
+                          "the batch-norm scales (default sparsejax.tree.bn_scales: 1-D "
+                          "leaves named 'scale')")
   for (path, leaf), sel in zip(tree_lib.leaves_with_paths(params), jax.tree.leaves(selected)):
     if sel and not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
       raise TypeError(f"{transform}: selected leaf '{path}' must be floating, got dtype "

@@ -31,7 +31,7 @@ def step_lr(base: float, boundaries_epochs: Sequence[float],
   """``config.lr`` for ``base`` multiplied by ``factor`` at each epoch boundary."""
   return ml_collections.ConfigDict(dict(
       base=base, schedule="step", boundaries_epochs=tuple(boundaries_epochs), factor=factor,
-      final_fraction=0.0, warmup_epochs=0))
+      final_fraction=0.0, warmup_epochs=0.0))
 
 
 SLIMMING_METHODS = ("proximal", "l1", "lp", "tl1", "mcp", "scad")

@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4))
   c.lr = ml_collections.ConfigDict(dict(
-      base=0.05, schedule="cosine", final_fraction=0.0, warmup_epochs=0,
+      base=0.05, schedule="cosine", final_fraction=0.0, warmup_epochs=0.0,
       boundaries_epochs=(), factor=0.1))
   c.algorithm = ml_collections.ConfigDict(dict(
       name="magnitude_pruning", sparsity=0.9, begin_epoch=1.0, end_epoch=6.0,

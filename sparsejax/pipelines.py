@@ -30,7 +30,9 @@ The selected scales are those of ``config.algorithm.filter_regex`` (ANDed with
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -217,8 +219,24 @@ def _check_pipeline(config):
   if ft is None or ft.get("lr") is None:
     raise ValueError("config.pipeline.finetune must hold num_epochs and lr")
   e = ft.get("num_epochs")
-  if isinstance(e, bool) or not isinstance(e, (int, float)) or e < 0:
-    raise ValueError(f"config.pipeline.finetune.num_epochs must be >= 0, got {e!r}")
+  if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < math.inf:
+    raise ValueError(f"config.pipeline.finetune.num_epochs must be a finite number >= 0 "
+                     f"(0 skips fine-tuning), got {e!r}")
+  mc = pcfg.get("min_channels", 1)
+  if isinstance(mc, bool) or not isinstance(mc, int) or mc < 0:
+    raise ValueError(f"config.pipeline.min_channels must be an int >= 0, got {mc!r}")
+  if e > 0:
+    # Stage 3's settings are checked now, not after stage 1 has trained. Its
+    # errors name the top-level fields that finetune_config fills from
+    # pipeline.finetune; say where they came from.
+    try:
+      train.validate_config(finetune_config(config, {}))
+    except (TypeError, ValueError) as err:
+      msg = str(err)
+      for key in ("lr", "num_epochs", "optimizer", "batch_size"):
+        if ft.get(key) is not None:
+          msg = re.sub(rf"\bconfig\.{key}\b", f"config.pipeline.finetune.{key}", msg)
+      raise type(err)(f"stage 3 (fine-tuning): {msg}") from None
   return pcfg
 
 

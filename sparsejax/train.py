@@ -178,6 +178,7 @@ def _validate_schedules(config) -> None:
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
       raise ValueError(f"config.checkpoint.every_steps must be an int >= 0 (0: once per "
                        f"epoch), got {every!r}")
+    check_positive_int("config.checkpoint.keep", ccfg.get("keep", 3))
 
 
 def validate_config(config) -> None:
@@ -201,6 +202,15 @@ def validate_config(config) -> None:
   dcfg = config.get("data", ml_collections.ConfigDict())
   for key in ("train_subset", "test_subset"):
     check_positive_int(f"config.data.{key}", dcfg.get(key), optional=True)
+  augment = dcfg.get("augment", False)
+  if not isinstance(augment, (bool, np.bool_)):
+    raise ValueError(f"config.data.augment must be True or False, got {augment!r}")
+  if augment and config.dataset not in data_lib.AUGMENTABLE:
+    raise ValueError(f"config.data.augment=True is only defined for {list(data_lib.AUGMENTABLE)} "
+                     f"(pad-4 crop and flip), got config.dataset={config.dataset!r}")
+  seed = config.get("seed", 0)
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"config.seed must be an int >= 0, got {seed!r}")
   m = config.get("compact_multiple_of", 1)
   if isinstance(m, bool) or not isinstance(m, int) or m < 1:
     raise ValueError(f"config.compact_multiple_of must be a positive int, got {m!r}")
@@ -213,7 +223,8 @@ def validate_config(config) -> None:
 
 
 def _warmup_steps(config, steps_per_epoch: int) -> int:
-  return int(config.lr.get("warmup_epochs", 1) * steps_per_epoch)
+  # Rounded like every other epoch -> step conversion (int() made 0.29 * 100 into 28).
+  return int(round(config.lr.get("warmup_epochs", 1) * steps_per_epoch))
 
 
 def make_lr_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -472,9 +483,12 @@ def _prepare_workdir(workdir: str) -> str:
 
 
 # Config fields that do not change what a run computes: a resumed run may differ in them.
+# ``pipeline`` (the three-stage slimming pipeline's section) does not change stage
+# 1, and what it changes in stage 3 is recorded there as algorithm.pruned,
+# num_epochs, lr, optimizer and batch_size.
 _RESUME_FREE = ("stop_after_steps", "progress_bar", "checkpoint", "eval_batch_size", "compact",
                 "compact_multiple_of", "mesh", "sharding_rules", "sharding_indivisible",
-                "distributed", "data.dir", "data.tfds_data_dir")
+                "distributed", "data.dir", "data.tfds_data_dir", "pipeline")
 
 
 def _result_fields(config) -> dict:
@@ -647,6 +661,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ccfg = config.get("checkpoint", ml_collections.ConfigDict())
   manager = ckpt_lib.CheckpointManager(
       os.path.join(workdir, "checkpoints"), keep=int(ccfg.get("keep", 3)))
+  if manager.all_steps():
+    # A different config first gets the message naming the fields that differ
+    # (restoring first failed on the changed tree and moved the checkpoints aside).
+    check_run_config(workdir, config, resuming=True, write=False)
   restored = manager.restore_latest(state, return_extra=True)
   carried, carried_seconds = None, 0.0  # the interrupted epoch's running totals
   if restored is not None:

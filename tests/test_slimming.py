@@ -693,6 +693,36 @@ def test_pipeline_prunes_lowest_gamma_and_keeps_them_zero(registry, cifar_dir, t
   assert held["zero"] == k and held["channels"] == gammas.size
   assert os.path.exists(os.path.join(workdir, "pipeline.json"))
   assert result["test_accuracy"] == result["finetune"]["test_accuracy"]
+  # Another prune fraction in the same workdir: stage 1 does not depend on it and is reused;
+  # stage 3's finished run pruned other channels, and that is what refuses to resume.
+  c.pipeline.prune_fraction = 0.25
+  with pytest.raises(ValueError, match=r"finetune holds a run of a different config .*"
+                                       r"algorithm.pruned"):
+    pipelines.slimming_pipeline(c, workdir)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("finetune.lr.schedule", "bogus", r"stage 3 \(fine-tuning\): config.pipeline.finetune.lr."
+     r"schedule must be one of"),
+    ("finetune.lr.boundaries_epochs", (5.0,), r"config.pipeline.finetune.lr.boundaries_epochs"
+     r"\[0\] must be in \(0, 1\)"),
+    ("finetune.num_epochs", float("nan"), r"config.pipeline.finetune.num_epochs must be a "
+     r"finite number >= 0"),
+    ("min_channels", -1, r"config.pipeline.min_channels must be an int >= 0, got -1"),
+])
+def test_pipeline_settings_are_checked_before_stage_1(cifar_dir, tmp_path, field, value, match):
+  """Stage 3's settings failed only after stage 1 had trained, naming config.lr.* (and a NaN
+  fine-tuning length silently skipped fine-tuning)."""
+  c = vgg_cifar10_slimming.get_config("l1,smoke")
+  c.data.dir = cifar_dir
+  node = c.pipeline
+  *parents, last = field.split(".")
+  for p in parents:
+    node = node[p]
+  node[last] = value
+  with pytest.raises(ValueError, match=match):
+    pipelines.slimming_pipeline(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "train")
 
 
 def test_network_slimming_xi_in_float32_with_bf16_scales():

@@ -163,6 +163,11 @@ def test_resuming_with_a_different_config_is_an_error(data_dir, tmp_path):
   train.train_and_evaluate(_config(data_dir, stop_after_steps=5), wd)
   with pytest.raises(ValueError, match=r"lr.base: 0.05 -> 0.02.*seed: 0 -> 3"):
     train.train_and_evaluate(_config(data_dir, seed=3, **{"lr.base": 0.02}), wd)
+  # A change of the params' structure gets the same message (restoring first failed on the
+  # tree and moved the checkpoints aside as unusable).
+  with pytest.raises(ValueError, match=r"model.name: 'lenet5' -> 'lenet300_100'"):
+    train.train_and_evaluate(_config(data_dir, **{"model.name": "lenet300_100"}), wd)
+  assert ckpt_lib.CheckpointManager(os.path.join(wd, "checkpoints")).all_steps() == [5]
   # Fields that do not change the result may differ (here: checkpoint cadence, eval batch).
   cfg = _config(data_dir, num_epochs=1, eval_batch_size=7, **{"checkpoint.every_steps": 3})
   cfg.num_epochs = 4
@@ -197,6 +202,10 @@ def test_all_checkpoints_corrupted_is_a_clear_error(data_dir, tmp_path):
     ("optimizer.weight_decay", -1e-3, r"config.optimizer.weight_decay must be .* got -0.001"),
     ("lr.final_fraction", 2.0, r"config.lr.final_fraction must be in \[0, 1\]"),
     ("checkpoint.every_steps", -5, r"config.checkpoint.every_steps must be an int >= 0"),
+    ("checkpoint.keep", 0, r"config.checkpoint.keep must be a positive int, got 0"),
+    ("seed", -1, r"config.seed must be an int >= 0, got -1"),
+    ("data.augment", True, r"config.data.augment=True is only defined for \['cifar10', "
+     r"'cifar100'\] .* got config.dataset='mnist'"),
     # A shortened run that leaves the ramp's end behind never reaches the sparsity.
     ("num_epochs", 1.0, r"config.algorithm.end_epoch must lie in \[begin_epoch=0.5, "
      r"num_epochs=1\] .*never reaches sparsity=0.9\), got 2.0"),
@@ -221,9 +230,16 @@ def test_step_boundary_past_the_end_is_an_error(data_dir, tmp_path):
 
 def test_warmup_longer_than_the_run_is_an_error(data_dir, tmp_path):
   c = _config(data_dir, **{"lr.schedule": "warmup_cosine", "lr.warmup_epochs": 4})
-  with pytest.raises(ValueError, match=r"config.lr.warmup_epochs=4 is 80 steps, not fewer "
+  with pytest.raises(ValueError, match=r"config.lr.warmup_epochs=4.0 is 80 steps, not fewer "
                                        r"than the run's 80 steps"):
     train.train_and_evaluate(c, str(tmp_path / "w"))
+
+
+def test_warmup_epochs_round_to_steps_like_the_other_boundaries():
+  c = default_config.get_config()
+  c.lr.schedule, c.lr.base, c.lr.warmup_epochs = "warmup_cosine", 1.0, 0.29  # 28.999... steps
+  lr = train.make_lr_schedule(c, 100, 1000)
+  assert float(lr(28)) < 1.0 and float(lr(29)) == pytest.approx(1.0)
 
 
 def test_step_schedule_boundaries_on_the_same_step_compound():

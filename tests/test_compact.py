@@ -743,6 +743,30 @@ def test_save_load_keeps_parameter_dtypes(tmp_path):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
+def test_overwrite_replaces_the_model_and_an_interrupted_one_leaves_no_metadata(tmp_path,
+                                                                                 monkeypatch):
+  """model.json is written last and removed first: an interrupted overwrite never pairs the
+  old metadata with a new (or half-written) state."""
+  d = str(tmp_path / "m")
+  first = models.get_model("lenet300_100", num_classes=10, rngs=nnx.Rngs(0))
+  second = models.get_model("lenet300_100", num_classes=10, rngs=nnx.Rngs(1))
+  cp.save(d, first, name="lenet300_100")
+  cp.save(d, second, name="lenet300_100", overwrite=True)
+  got = jax.tree.leaves(nnx.state(cp.load(d), nnx.Param))
+  for a, b in zip(got, jax.tree.leaves(nnx.state(second, nnx.Param))):
+    np.testing.assert_array_equal(a, b)
+
+  from sparsejax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  def crash(*args, **kwargs):
+    raise KeyboardInterrupt("killed mid-save")
+  monkeypatch.setattr(checkpoint.CheckpointManager, "save", crash)
+  with pytest.raises(KeyboardInterrupt):
+    cp.save(d, first, name="lenet300_100", overwrite=True)
+  with pytest.raises(FileNotFoundError, match="model.json not found"):
+    cp.load(d)
+
+
 def test_count_of_a_parameter_product_does_not_depend_on_the_batch():
   m = _ProductOfParams(nnx.Rngs(0))
   per_example = 4 * 6 + 6 * 5  # relu(A x) (4 -> 6), then the (6, 5) product applied to it

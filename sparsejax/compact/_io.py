@@ -73,6 +73,10 @@ def save(directory: str, model, *, name: str | None = None, sample_input=None,
     if not overwrite:
       raise FileExistsError(
           f"{directory} already holds a saved model; pass overwrite=True to replace it")
+    # model.json is the commit marker: it goes first and comes back last, so an
+    # interrupted save leaves no metadata, never old metadata over a new state.
+    if os.path.exists(meta_path):
+      os.remove(meta_path)
     shutil.rmtree(os.path.join(directory, "state"), ignore_errors=True)
   os.makedirs(directory, exist_ok=True)
   shapes = _rebuild.state_shapes(model)
@@ -114,8 +118,9 @@ def save(directory: str, model, *, name: str | None = None, sample_input=None,
   manager = ckpt_lib.CheckpointManager(os.path.join(directory, "state"), keep=1)
   manager.save(0, pure)
   manager.wait()
-  with open(meta_path, "w") as f:
+  with open(meta_path + ".tmp", "w") as f:
     json.dump(meta, f, indent=2)
+  os.replace(meta_path + ".tmp", meta_path)
   return directory
 
 

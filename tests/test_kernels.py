@@ -423,6 +423,27 @@ def test_nm_matmul_bf16(impl):
   _close(y, exp, tol=2e-2)
 
 
+@pytest.mark.parametrize("fmt,impl,kw", [("bsr", i, kw) for i, kw in BSR_IMPLS] + [
+    ("nm", i, {}) for i in NM_IMPLS], ids=[f"bsr_{i}" for i in BSR_IDS] + [
+        f"nm_{i}" for i in NM_IMPLS])
+def test_float64_is_accumulated_in_float64(fmt, impl, kw):
+  """Under x64 every impl keeps float64 precision (the Pallas kernels summed in float32)."""
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(13)
+    K, N, B = 32, 16, 8
+    w = rng.standard_normal((K, N))
+    x = rng.standard_normal((B, K)) + 1e6  # terms far apart: float32 sums lose ~0.1
+    if fmt == "nm":
+      mask = np.asarray(masks.n_by_m(w, 2, 4, axis=0))
+      y = spk.nm_matmul(x, spk.NMSparse.from_dense(jnp.asarray(w), mask, 2, 4), impl=impl)
+    else:
+      mask = _block_mask(rng, (K, N), (8, 8), 0.5, empty_col=0)
+      y = spk.bsr_matmul(x, spk.BlockSparse.from_dense(jnp.asarray(w), mask, (8, 8)), impl=impl,
+                         **kw)
+    assert y.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(y), x @ np.where(mask, w, 0), rtol=0, atol=1e-8)
+
+
 @pytest.mark.parametrize("impl", NM_IMPLS)
 @pytest.mark.parametrize("axis", [0, 1])
 def test_nm_gradients_match_dense(impl, axis):

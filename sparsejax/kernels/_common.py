@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IMPLS = ("auto", "pallas", "xla", "dense", "reference")
 
@@ -43,9 +44,15 @@ def check_x(x: Any, K: int) -> jax.Array:
 def check_block_batch(block_batch: Any) -> int | None:
   if block_batch is None:
     return None
-  if isinstance(block_batch, bool) or not isinstance(block_batch, int) or block_batch < 1:
+  if (isinstance(block_batch, (bool, np.bool_)) or not isinstance(block_batch, (int, np.integer))
+      or block_batch < 1):
     raise ValueError(f"block_batch must be None or a positive int, got {block_batch!r}")
-  return block_batch
+  return int(block_batch)
+
+
+def acc_dtype(out_dtype) -> jnp.dtype:
+  """Accumulator of a kernel writing ``out_dtype``: at least float32, float64 kept."""
+  return jnp.promote_types(out_dtype, jnp.float32)
 
 
 def is_pow2(v: int) -> bool:

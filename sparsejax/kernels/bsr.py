@@ -128,7 +128,7 @@ def _prefetch_kernel(ptr_ref, rows_ref, cnt_ref, x_ref, d_ref, o_ref, acc_ref):
 
   @pl.when(t < cnt_ref[j])
   def _accumulate():
-    acc_ref[...] += jnp.dot(x_ref[...], d_ref[...], preferred_element_type=jnp.float32)
+    acc_ref[...] += jnp.dot(x_ref[...], d_ref[...], preferred_element_type=acc_ref.dtype)
 
   @pl.when(t == pl.num_programs(2) - 1)
   def _store():
@@ -160,7 +160,7 @@ def _pallas_prefetch(x2, data, indices, st: _Static, out_dtype):
           pl.BlockSpec((None, bk, bn), lambda i, j, t, p, r, c: (p[j * L + t], 0, 0)),
       ],
       out_specs=pl.BlockSpec((bb, bn), lambda i, j, t, p, r, c: (i, j)),
-      scratch_shapes=[pltpu.VMEM((bb, bn), jnp.float32)])
+      scratch_shapes=[pltpu.VMEM((bb, bn), _common.acc_dtype(out_dtype))])
   y = pl.pallas_call(
       _prefetch_kernel,
       out_shape=jax.ShapeDtypeStruct((xp.shape[0], N), out_dtype),
@@ -178,12 +178,14 @@ def _indexed_kernel(indptr_ref, rows_ref, x_ref, d_ref, o_ref, *, bk: int):
   j = pl.program_id(1)
   start, end = indptr_ref[j], indptr_ref[j + 1]
 
+  acc_dt = _common.acc_dtype(o_ref.dtype)
+
   def body(s, acc):
     r = rows_ref[s]
     xb = x_ref[:, pl.ds(pl.multiple_of(r * bk, bk), bk)]
-    return acc + jnp.dot(xb, d_ref[s], preferred_element_type=jnp.float32)
+    return acc + jnp.dot(xb, d_ref[s], preferred_element_type=acc_dt)
 
-  acc = jax.lax.fori_loop(start, end, body, jnp.zeros(o_ref.shape, jnp.float32))
+  acc = jax.lax.fori_loop(start, end, body, jnp.zeros(o_ref.shape, acc_dt))
   o_ref[...] = acc.astype(o_ref.dtype)
 
 

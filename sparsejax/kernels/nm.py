@@ -102,29 +102,33 @@ def _plane(v_ref, i_ref, r: int, n: int, sl):
 def _kernel_axis0(x_ref, v_ref, i_ref, o_ref, *, n: int, m: int, bg: int, steps: int):
   """x_ref (m, bb, K/m) planes of x; v/i_ref (n, K/m, bn); o_ref (bb, bn)."""
 
+  acc_dt = _common.acc_dtype(o_ref.dtype)
+
   def body(k, acc):
     s = pl.ds(pl.multiple_of(k * bg, bg), bg)
     for r in range(m):
       w_r = _plane(v_ref, i_ref, r, n, (s, slice(None)))
-      acc = acc + jnp.dot(x_ref[r, :, s], w_r, preferred_element_type=jnp.float32)
+      acc = acc + jnp.dot(x_ref[r, :, s], w_r, preferred_element_type=acc_dt)
     return acc
 
-  acc = jax.lax.fori_loop(0, steps, body, jnp.zeros(o_ref.shape, jnp.float32))
+  acc = jax.lax.fori_loop(0, steps, body, jnp.zeros(o_ref.shape, acc_dt))
   o_ref[...] = acc.astype(o_ref.dtype)
 
 
 def _kernel_axis1(x_ref, v_ref, i_ref, o_ref, *, n: int, m: int, bk: int, steps: int):
   """x_ref (bb, K); v/i_ref (n, K, bg); o_ref (m, bb, bg) output planes."""
 
+  acc_dt = _common.acc_dtype(o_ref.dtype)
+
   def body(k, accs):
     s = pl.ds(pl.multiple_of(k * bk, bk), bk)
     xs = x_ref[:, s]
     return tuple(
         acc + jnp.dot(xs, _plane(v_ref, i_ref, r, n, (s, slice(None))),
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=acc_dt)
         for r, acc in enumerate(accs))
 
-  zero = jnp.zeros(o_ref.shape[1:], jnp.float32)
+  zero = jnp.zeros(o_ref.shape[1:], acc_dt)
   accs = jax.lax.fori_loop(0, steps, body, (zero,) * m)
   for r in range(m):
     o_ref[r] = accs[r].astype(o_ref.dtype)

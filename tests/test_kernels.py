@@ -223,6 +223,40 @@ def test_nm_errors():
     spk.to_dense(np.ones((2, 2)))
 
 
+@pytest.mark.parametrize("idx,match", [
+    ([[0], [0]], r"strictly ascending.*0 in slot 0 and 0 in slot 1"),   # repeated position
+    ([[2], [1]], r"strictly ascending.*2 in slot 0 and 1 in slot 1"),   # descending
+    ([[4], [1]], r"strictly ascending.*4 in slot 0 and 1 in slot 1"),   # unused before used
+    ([[0], [9]], r"in-group positions in \[0, m = 4\].*\[0, 9\]"),       # out of range
+])
+def test_hand_built_nm_positions_are_checked(idx, match):
+  """The impls disagreed on such indices (overwrite vs sum; out-of-range dropped)."""
+  values = jnp.asarray([1.0, 2.0])[:, None, None]
+  f = spk.NMSparse(values, jnp.asarray(idx, jnp.uint8)[:, :, None], (4, 1), 2, 4, 0)
+  with pytest.raises(ValueError, match=match):
+    f.check()
+  with pytest.raises(ValueError, match=match):
+    spk.nm_matmul(jnp.ones((1, 4)), f, impl="xla")
+  spk.NMSparse(values, jnp.asarray([[1], [4]], jnp.uint8)[:, :, None], (4, 1), 2, 4, 0).check()
+
+
+def test_nm_round_trip_keeps_negative_zero_and_rejects_a_float_axis():
+  w = np.array([[-0.0, 1.0], [2.0, -0.0], [0.5, 3.0], [1.0, 2.0]], np.float32)
+  dense = np.asarray(spk.NMSparse.from_dense(w, np.ones((4, 2), bool), 4, 4).to_dense())
+  np.testing.assert_array_equal(np.signbit(dense), np.signbit(w))
+  with pytest.raises(ValueError, match="axis must be 0 .* got 1.0"):
+    spk.NMSparse.from_dense(w, np.ones((4, 2), bool), 2, 2, axis=1.0)
+
+
+def test_balanced_block_mask_never_prunes_nan_first():
+  """NaN blocks rank above every number, as in sparsejax.masks (they were pruned first)."""
+  w = np.array([[np.nan], [1.0], [2.0], [3.0]], np.float32)
+  for pool in ("l2", "l1", "max"):
+    got = np.asarray(spk.balanced_block_mask(w, 0.5, (1, 1), pool=pool)).ravel()
+    np.testing.assert_array_equal(got, np.asarray(masks.block(w, 0.5, (1, 1))).ravel())
+    np.testing.assert_array_equal(got, [True, False, False, True])
+
+
 # ---------------------------------------------------------------------------
 # Block-sparse matmul.
 

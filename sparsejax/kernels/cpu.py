@@ -220,22 +220,21 @@ def nm_decompress(values: jax.Array, indices: jax.Array, *, shape: tuple[int, in
                   m: int, axis: int) -> jax.Array:
   """Dense ``(K, N)`` weight of an N:M format: one fused select per stored slot.
 
-  Slot ``t`` contributes ``where(indices[t] == r, values[t], 0)`` to in-group
-  position ``r``; the comparison is broadcast over ``r`` so the result is
-  written directly in the interleaved dense layout (no stack or transpose).
-  The unused-slot index ``m`` matches no position.
+  Slot ``t`` writes ``values[t]`` where ``indices[t] == r`` for in-group
+  position ``r`` (a select, so a stored ``-0.0`` stays ``-0.0``); the
+  comparison is broadcast over ``r`` so the result is written directly in the
+  interleaved dense layout (no stack or transpose). The unused-slot index
+  ``m`` matches no position.
   """
   K, N = shape
   pos = jnp.arange(m, dtype=jnp.int32)
-  zero = jnp.zeros((), values.dtype)
   out = jnp.zeros((K // m, m, N) if axis == 0 else (K, N // m, m), values.dtype)
   for t in range(values.shape[0]):
     idx = indices[t].astype(jnp.int32)
     if axis == 0:   # (K/m, N) -> (K/m, m, N)
-      term = jnp.where(idx[:, None, :] == pos[None, :, None], values[t][:, None, :], zero)
+      out = jnp.where(idx[:, None, :] == pos[None, :, None], values[t][:, None, :], out)
     else:           # (K, N/m) -> (K, N/m, m)
-      term = jnp.where(idx[:, :, None] == pos[None, None, :], values[t][:, :, None], zero)
-    out = out + term
+      out = jnp.where(idx[:, :, None] == pos[None, None, :], values[t][:, :, None], out)
   return out.reshape(K, N)
 
 

@@ -440,6 +440,8 @@ def balanced_block_mask(w: jax.Array, sparsity: float, block_shape: Sequence[int
   else:
     scores = jnp.max(a, axis=(2, 3))
   # Rank within each column: stable descending sort keeps the lower row first.
+  # NaN ranks as +inf (never pruned first), as in sparsejax.masks.
+  scores = jnp.where(jnp.isnan(scores), jnp.inf, scores)
   order = jnp.argsort(-scores, axis=0, stable=True)
   rank = jnp.argsort(order, axis=0)
   keep = rank < nb - k
@@ -552,12 +554,35 @@ class NMSparse:
       if _is_array(arr) and tuple(arr.shape) != want:
         raise ValueError(f"{name} must have shape {want} for {n}:{m} along axis {axis} of "
                          f"a {shape} weight, got {tuple(arr.shape)}")
-    if _is_array(self.indices) and not jnp.issubdtype(self.indices.dtype, jnp.integer):
-      raise TypeError(f"indices must be integers, got {self.indices.dtype}")
+    if _is_array(self.indices):
+      if not jnp.issubdtype(self.indices.dtype, jnp.integer):
+        raise TypeError(f"indices must be integers, got {self.indices.dtype}")
+      if not isinstance(self.indices, jax.core.Tracer):  # values: eagerly, on the host
+        _check_nm_positions(np.asarray(self.indices), m)
     return self
 
   def with_values(self, values: jax.Array) -> NMSparse:
     return dataclasses.replace(self, values=values)
+
+
+def _check_nm_positions(indices: np.ndarray, m: int) -> None:
+  """In-group positions in [0, m], used ones strictly ascending, unused (m) last.
+
+  The implementations differ on anything else (a repeated position is
+  overwritten by one and summed by another; an out-of-range one is dropped).
+  """
+  idx = indices.astype(np.int64)
+  if idx.size == 0:
+    return
+  if idx.min() < 0 or idx.max() > m:
+    raise ValueError(f"indices must be in-group positions in [0, m = {m}] (m: unused slot), "
+                     f"got values in [{idx.min()}, {idx.max()}]")
+  ok = (idx[1:] == m) | (idx[1:] > idx[:-1])
+  if not ok.all():
+    t, *where = (int(v) for v in np.argwhere(~ok)[0])
+    raise ValueError(f"indices must hold each group's used positions strictly ascending, then "
+                     f"unused slots (m = {m}); group {tuple(where)} has {int(idx[t][tuple(where)])} "
+                     f"in slot {t} and {int(idx[t + 1][tuple(where)])} in slot {t + 1}")
 
 
 def _check_nm(n: Any, m: Any, axis: Any, shape: tuple[int, int]) -> tuple[int, int, int]:
@@ -566,7 +591,7 @@ def _check_nm(n: Any, m: Any, axis: Any, shape: tuple[int, int]) -> tuple[int, i
     raise ValueError(f"m must be at most {_MAX_M} (uint8 in-group indices), got m={m}")
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= m:
     raise ValueError(f"n must be an int in [0, m] = [0, {m}], got n={n!r}")
-  if axis not in (0, 1) or isinstance(axis, bool):
+  if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis not in (0, 1):
     raise ValueError(f"axis must be 0 (groups along K) or 1 (groups along N), got {axis!r}")
   if shape[axis] % m:
     raise ValueError(f"m={m} must divide the grouped dimension: axis {axis} of shape "

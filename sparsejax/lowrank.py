@@ -481,15 +481,24 @@ def _low_rank_reference(model: nnx.Module, factored: nnx.Module) -> nnx.Module:
     path = tuple(int(k) if k.isdigit() else k for k in name.split("/"))
     parent, key = _parent_and_key(ref, path)
     node = parent[key] if isinstance(key, int) else getattr(parent, key)
+    if isinstance(node, (LowRankConv, LowRankLinear)):  # factored before this call: as is
+      continue
     node.kernel[...] = reconstruct(layer).astype(node.kernel[...].dtype)
     if isinstance(node, nnx.Conv) and node.mask is not None:
       node.mask = None
   return ref
 
 
+def _is_conv(module) -> bool:
+  """A conv layer: a module whose own kernel is spatial (ndim >= 3, HWIO), which
+  covers nnx.Conv and other conv modules such as the DARTS depthwise conv."""
+  kernel = getattr(module, "kernel", None)
+  return isinstance(kernel, nnx.Variable) and jnp.ndim(kernel[...]) >= 3
+
+
 def _conv_flops(model, count) -> int:
   modules = {"/".join(str(k) for k in p): n for p, n in nnx.iter_graph(model)}
-  return sum(l.flops for l in count.layers if isinstance(modules.get(l.name), nnx.Conv))
+  return sum(l.flops for l in count.layers if _is_conv(modules.get(l.name)))
 
 
 def _max_diff(a_model, b_model, x) -> tuple[float, float]:

@@ -247,3 +247,30 @@ def test_channel_factoring_of_1d_conv():
   assert low.first.kernel.shape == (5, 6, 2) and low.second.kernel.shape == (1, 2, 8)
   x = jnp.asarray(_rng(8).normal(size=(2, 11, 6)), jnp.float32)
   np.testing.assert_allclose(np.asarray(low(x)), np.asarray(conv(x)), atol=1e-4)
+
+
+def test_export_of_a_model_that_already_has_factored_layers():
+  """A second pass (e.g. the dense layer) keeps the earlier factors and checks only the new."""
+  m = models.get_model("resnet20", widths=(8, 8, 16), rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  once = lowrank.decompose(m, energy=0.6)
+  twice, report = lowrank.export(once, x, energy=0.6, include_dense=True)
+  assert report["max_abs_diff_vs_low_rank"] < 1e-5
+  first, second = lowrank.factored_layers(once), lowrank.factored_layers(twice)
+  assert set(first) < set(second)  # the dense layer is new, the convs are the same objects
+  for name, layer in first.items():
+    np.testing.assert_array_equal(lowrank.reconstruct(second[name]), lowrank.reconstruct(layer))
+
+
+def test_conv_flops_count_depthwise_convs():
+  """conv_flops_* count every conv layer; the DARTS depthwise convs were left out (28% low)."""
+  from sparsejax import compact  # pylint: disable=import-outside-toplevel
+  m = models.get_model("darts_eval", num_cells=3, widths=(4, 8, 16), rngs=nnx.Rngs(0))
+  x = jnp.ones((1, 8, 8, 3))
+  _, report = lowrank.export(m, x, energy=0.5)
+  modules = {"/".join(str(k) for k in p): n for p, n in nnx.iter_graph(m)}
+  count = compact.count(m, x)
+  dense = sum(l.flops for l in count.layers if isinstance(modules.get(l.name), nnx.Linear))
+  depthwise = sum(l.flops for l in count.layers if "depthwise" in l.name)
+  assert depthwise > 0
+  assert report["conv_flops_before"] == count.flops - dense

@@ -643,6 +643,12 @@ def test_argument_errors():
                            "normal_concat": [2], "reduce_concat": [2],
                            "reduce": [["skip_connect", 0], ["skip_connect", 1],
                                       ["skip_connect", 2], ["skip_connect", 3]]})
+  # A reduction cell's inputs are at twice its nodes' resolution: the forward pass failed
+  # with a bare concatenate shape error.
+  with pytest.raises(ValueError, match=r"genotype.reduce_concat\[0\] must be an int in \[2, "
+                     r"6\) \(a reduction cell's inputs 0 and 1 keep the input resolution\)"):
+    search.parse_genotype(dict(search.DARTS_V2._asdict(), reduce_concat=(0, 2, 3)))
+  search.parse_genotype(dict(search.DARTS_V2._asdict(), normal_concat=(0, 2, 3)))
   with pytest.raises(ValueError, match=r"alpha must have shape \(num_edges, 8\)"):
     search.derive_cell(np.zeros((14, 7)))
   for keep in (0, 3, 2.0):

@@ -142,12 +142,15 @@ def _check_edges(name: str, edges: Any) -> tuple[tuple[str, int], ...]:
   return tuple(out)
 
 
-def _check_concat(name: str, concat: Any, num_nodes: int) -> tuple[int, ...]:
+def _check_concat(name: str, concat: Any, num_nodes: int, low: int = 0) -> tuple[int, ...]:
+  """``low = 2`` for a reduction cell: its inputs (0, 1) are at the input
+  resolution, its nodes at half of it, so only nodes can be concatenated."""
   if isinstance(concat, (str, bytes)) or not isinstance(concat, Sequence) or not concat:
     raise ValueError(f"genotype.{name} must be a non-empty list of node indices, got {concat!r}")
   for k, j in enumerate(concat):
-    if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < num_nodes + 2:
-      raise ValueError(f"genotype.{name}[{k}] must be an int in [0, {num_nodes + 2}), "
+    if isinstance(j, bool) or not isinstance(j, int) or not low <= j < num_nodes + 2:
+      why = " (a reduction cell's inputs 0 and 1 keep the input resolution)" if low else ""
+      raise ValueError(f"genotype.{name}[{k}] must be an int in [{low}, {num_nodes + 2}){why}, "
                        f"got {j!r}")
   return tuple(int(j) for j in concat)
 
@@ -193,7 +196,7 @@ def parse_genotype(genotype: Genotype | Mapping[str, Any] | str) -> Genotype:
       normal=normal, normal_concat=_check_concat("normal_concat", genotype["normal_concat"],
                                                  len(normal) // 2),
       reduce=reduce, reduce_concat=_check_concat("reduce_concat", genotype["reduce_concat"],
-                                                 len(reduce) // 2))
+                                                 len(reduce) // 2, low=2))
 
 
 def genotype_to_json(genotype: Genotype) -> str:

@@ -758,10 +758,13 @@ def test_overwrite_replaces_the_model_and_an_interrupted_one_leaves_no_metadata(
 
   from sparsejax import checkpoint  # pylint: disable=import-outside-toplevel
 
+  class Killed(Exception):
+    pass
+
   def crash(*args, **kwargs):
-    raise KeyboardInterrupt("killed mid-save")
+    raise Killed("killed mid-save")
   monkeypatch.setattr(checkpoint.CheckpointManager, "save", crash)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(Killed):
     cp.save(d, first, name="lenet300_100", overwrite=True)
   with pytest.raises(FileNotFoundError, match="model.json not found"):
     cp.load(d)

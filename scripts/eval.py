@@ -52,7 +52,9 @@ def evaluate_arrays(model, images: np.ndarray, labels: np.ndarray, *,
 
 
 def main(argv=None) -> dict:
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+
+  app.define_help_flags()  # --help / --helpfull, which the error below points to
 
   flags.DEFINE_string("model_dir", None, "Directory written by sparsejax.compact.save.")
   flags.DEFINE_string("dataset", None, "Dataset name (mnist, fashion_mnist, cifar10, ...).")

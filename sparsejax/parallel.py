@@ -27,7 +27,7 @@ collectives. This module decides *where every array lives*:
   that parameter's sharding (:func:`specs_like`): the SGD/Adam moments
   (``0/trace/conv1/kernel``), the masks of ``MagnitudePruningState`` and
   ``ChannelMaskState``, the :math:`\xi` of ``NetworkSlimmingState``, the
-  :math:`U` of ``SparseGroupLassoState``, singular-vector caches; everything
+  :math:`U` of ``SparseGroupLassoState``; everything
   else (counts, per-leaf scalars such as the group lasso's :math:`\beta`,
   hyperparameters) is replicated. The longest matching parameter path wins.
   ``optax.tree_map_params`` does not serve here: it calls ``init`` on a

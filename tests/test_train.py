@@ -363,3 +363,30 @@ def test_time_train_steps_threads_each_variants_state():
   jax.tree.map(np.testing.assert_array_equal, states["frozen"].params, start.params)
   with pytest.raises(ValueError, match="repeats must be a positive int, got 0"):
     train.time_train_steps(variants, make, batch, repeats=0)
+
+
+def test_checkpoint_round_trips_prng_keys_and_python_scalars(tmp_path):
+  """nnx.Dropout state holds a typed key (the digest called np.asarray on it and raised); a
+  Python int leaf saved but could never be restored."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  class WithDropout(nnx.Module):
+    def __init__(self):
+      self.drop = nnx.Dropout(0.5, rngs=nnx.Rngs(3))
+      self.w = nnx.Param(jnp.arange(3.0))
+
+  _, _, rest = nnx.split(WithDropout(), nnx.Param, ...)
+  tree = {"step": 5, "w": jnp.arange(3.0), "state": nnx.to_pure_dict(rest)}
+  manager = ckpt_lib.CheckpointManager(str(tmp_path / "c"))
+  manager.save(1, tree)
+  manager.wait()
+  back = manager.restore_latest(tree)
+  assert int(back["step"]) == 5
+  np.testing.assert_array_equal(back["w"], tree["w"])
+  key = back["state"]["drop"]["rngs"]["key"]
+  np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(
+      tree["state"]["drop"]["rngs"]["key"]))
+  assert ckpt_lib.tree_digest(back) == ckpt_lib.tree_digest(tree)
+  other = jax.tree.map(lambda x: x, tree)
+  other["state"]["drop"]["rngs"]["key"] = jax.random.key(4)
+  assert ckpt_lib.tree_digest(other) != ckpt_lib.tree_digest(tree)

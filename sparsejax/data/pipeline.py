@@ -103,6 +103,9 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
         f"mean and std must have one entry per channel ({c}), got "
         f"{mean.size} and {std.size}."
     )
+  if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+    raise ValueError(f"mean must be finite and std finite and > 0, got mean={mean.tolist()} "
+                     f"and std={std.tolist()}.")
   # Broadcasting a length-C vector over a contiguous trailing (H, W, C) block
   # is several times faster than broadcasting over the channel axis alone.
   inner = images.shape[1:] if images.ndim > 1 else images.shape
@@ -129,6 +132,8 @@ def augment_batch(
     Array of the same shape and dtype: image ``b`` is
     ``padded[b, oy:oy + H, ox:ox + W]``, mirrored left-right if flipped.
   """
+  if isinstance(pad, (bool, np.bool_)) or not isinstance(pad, (int, np.integer)) or pad < 0:
+    raise ValueError(f"pad must be an int >= 0, got pad={pad!r}.")
   b, h, w, c = images.shape
   padded = np.zeros((b, h + 2 * pad, w + 2 * pad, c), images.dtype)
   padded[:, pad:pad + h, pad:pad + w] = images

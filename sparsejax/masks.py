@@ -277,10 +277,10 @@ def kth_smallest_abs(leaves: Sequence[jax.Array] | jax.Array, k) -> jax.Array:
     if isinstance(k, (bool, np.bool_)) or not (
         np.ndim(k) == 0 and float(k) == int(k) and 0 <= int(k) <= total):
       raise ValueError(f"k must be an integer in [0, {total}] (the number of entries), got {k!r}")
-    if int(k) == 0:
-      return jnp.float32(-jnp.inf)
+  fdt = jnp.float64 if _is_wide(leaves) else jnp.float32
+  if _is_concrete(k) and int(k) == 0:
+    return fdt(-jnp.inf)
   bits = _global_threshold_bits(leaves, k)
-  fdt = jnp.float64 if bits.dtype == jnp.uint64 else jnp.float32
   t = lax.bitcast_convert_type(bits, fdt)
   return jnp.where(jnp.asarray(k) == 0, fdt(-jnp.inf), t)
 

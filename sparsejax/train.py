@@ -491,6 +491,10 @@ _RESUME_FREE = ("stop_after_steps", "progress_bar", "checkpoint", "eval_batch_si
                 "distributed", "data.dir", "data.tfds_data_dir", "pipeline")
 
 
+def _is_resume_free(key: str) -> bool:
+  return any(key == f or key.startswith(f + ".") for f in _RESUME_FREE)
+
+
 def _result_fields(config) -> dict:
   """The config as flat ``{"a.b": value}`` JSON values, without :data:`_RESUME_FREE`."""
   flat = {}
@@ -498,7 +502,7 @@ def _result_fields(config) -> dict:
   def walk(node, prefix):
     for k, v in node.items():
       key = f"{prefix}{k}"
-      if any(key == f or key.startswith(f + ".") for f in _RESUME_FREE):
+      if _is_resume_free(key):
         continue
       if isinstance(v, dict):
         walk(v, key + ".")
@@ -523,7 +527,8 @@ def check_run_config(workdir: str, config, *, resuming: bool, write: bool = True
   now = _result_fields(config)
   if resuming and os.path.exists(path):
     with open(path) as f:
-      saved = json.load(f)
+      # Fields made resume-free since the record was written do not count.
+      saved = {k: v for k, v in json.load(f).items() if not _is_resume_free(k)}
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k, "<unset>") != now.get(k, "<unset>"))
     if diff:
       shown = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"

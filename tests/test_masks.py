@@ -578,6 +578,7 @@ def test_float64_magnitudes_are_compared_in_float64():
     np.testing.assert_array_equal(g["a"], a > t)
     np.testing.assert_array_equal(g["b"], b > t)
     assert float(masks.kth_smallest_abs([params["a"], params["b"]], 5)) == np.sort(both)[4]
+    assert masks.kth_smallest_abs([params["a"], params["b"]], 0).dtype == jnp.float64
     nm = masks.n_by_m(jnp.asarray(a[:, :8]), 2, 8, axis=-1)
     np.testing.assert_array_equal(np.sum(nm, axis=-1), 2)
     np.testing.assert_array_equal(nm, a[:, :8] >= np.sort(a[:, :8], axis=-1)[:, -2:-1])

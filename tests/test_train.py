@@ -390,3 +390,17 @@ def test_checkpoint_round_trips_prng_keys_and_python_scalars(tmp_path):
   other = jax.tree.map(lambda x: x, tree)
   other["state"]["drop"]["rngs"]["key"] = jax.random.key(4)
   assert ckpt_lib.tree_digest(other) != ckpt_lib.tree_digest(tree)
+
+
+def test_a_record_holding_fields_now_resume_free_still_resumes(tmp_path):
+  """A run_config.json written before a field became resume-free (e.g. pipeline.*) matches."""
+  from configs import vgg_cifar10_slimming  # pylint: disable=import-outside-toplevel
+  c = vgg_cifar10_slimming.get_config("l1,smoke")
+  old = dict(train._result_fields(c), **{"pipeline.prune_fraction": 0.7,
+                                         "pipeline.finetune.num_epochs": 1.0})
+  with open(tmp_path / "run_config.json", "w") as f:
+    json.dump(old, f)
+  train.check_run_config(str(tmp_path), c, resuming=True, write=False)
+  c.lr.base = 0.5
+  with pytest.raises(ValueError, match=r"lr.base: 0.1 -> 0.5"):
+    train.check_run_config(str(tmp_path), c, resuming=True, write=False)

@@ -89,6 +89,13 @@ def check_real(name: str, value, *, low: float | None = None, high: float | None
                      f"({qual}), got {_describe(c)}")
 
 
+def check_int(name: str, value, *, low: int = 0, hint: str = "") -> None:
+  """Raises ``ValueError`` unless ``value`` is a Python or numpy int (not a
+  bool) ``>= low``; the message names ``name`` (``hint`` follows the range)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+    raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
+
+
 def check_positive_int(name: str, value, *, optional: bool = False) -> None:
   """Raises ``ValueError`` unless ``value`` is a positive Python or numpy int
   (not a bool), or ``None`` when ``optional``; the message names ``name``."""

@@ -82,13 +82,6 @@ def _is_none(x) -> bool:
   return x is None
 
 
-class _Pair(tuple):
-  """(sparsity, leaf): a tuple subclass jax does not flatten (unlike a tuple in params)."""
-
-  def __new__(cls, *items):
-    return super().__new__(cls, items)
-
-
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
@@ -432,12 +425,12 @@ def magnitude_per_leaf(params, sparsities) -> Any:
     A masks pytree (bool arrays at leaves with a sparsity, ``None`` elsewhere).
   """
   try:
-    pairs = jax.tree.map(_Pair, sparsities, params, is_leaf=_is_none)
+    pairs = jax.tree.map(tree_lib.LeafTuple, sparsities, params, is_leaf=_is_none)
   except (ValueError, TypeError) as e:
     raise ValueError(
         "sparsities must have the tree structure of params (None for leaves not "
         f"pruned): {e}") from None
-  flat, treedef = jax.tree.flatten(pairs, is_leaf=lambda p: isinstance(p, _Pair))
+  flat, treedef = jax.tree.flatten(pairs, is_leaf=lambda p: isinstance(p, tree_lib.LeafTuple))
   chosen = []
   for i, (s, x) in enumerate(flat):
     if s is None:

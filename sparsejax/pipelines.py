@@ -48,6 +48,7 @@ from sparsejax import masks as masks_lib
 from sparsejax import models as models_lib
 from sparsejax import tree as tree_lib
 from sparsejax import train
+from sparsejax._util import check_int
 from sparsejax.optim import slimming
 
 __all__ = [
@@ -222,9 +223,7 @@ def _check_pipeline(config):
   if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < math.inf:
     raise ValueError(f"config.pipeline.finetune.num_epochs must be a finite number >= 0 "
                      f"(0 skips fine-tuning), got {e!r}")
-  mc = pcfg.get("min_channels", 1)
-  if isinstance(mc, bool) or not isinstance(mc, int) or mc < 0:
-    raise ValueError(f"config.pipeline.min_channels must be an int >= 0, got {mc!r}")
+  check_int("config.pipeline.min_channels", pcfg.get("min_channels", 1))
   if e > 0:
     # Stage 3's settings are checked now, not after stage 1 has trained. Its
     # errors name the top-level fields that finetune_config fills from

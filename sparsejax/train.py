@@ -40,7 +40,7 @@ from sparsejax import parallel
 from sparsejax import tree as tree_lib
 from sparsejax import checkpoint as ckpt_lib
 from sparsejax import report as report_lib
-from sparsejax._util import check_positive_int, check_real
+from sparsejax._util import check_int, check_positive_int, check_real
 
 __all__ = [
     "ALGORITHMS",
@@ -175,9 +175,7 @@ def _validate_schedules(config) -> None:
   ccfg = config.get("checkpoint", None)
   if ccfg is not None:
     every = ccfg.get("every_steps", 0)
-    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
-      raise ValueError(f"config.checkpoint.every_steps must be an int >= 0 (0: once per "
-                       f"epoch), got {every!r}")
+    check_int("config.checkpoint.every_steps", every, hint=" (0: once per epoch)")
     check_positive_int("config.checkpoint.keep", ccfg.get("keep", 3))
 
 
@@ -208,9 +206,7 @@ def validate_config(config) -> None:
   if augment and config.dataset not in data_lib.AUGMENTABLE:
     raise ValueError(f"config.data.augment=True is only defined for {list(data_lib.AUGMENTABLE)} "
                      f"(pad-4 crop and flip), got config.dataset={config.dataset!r}")
-  seed = config.get("seed", 0)
-  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"config.seed must be an int >= 0, got {seed!r}")
+  check_int("config.seed", config.get("seed", 0))
   m = config.get("compact_multiple_of", 1)
   if isinstance(m, bool) or not isinstance(m, int) or m < 1:
     raise ValueError(f"config.compact_multiple_of must be a positive int, got {m!r}")

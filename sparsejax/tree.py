@@ -168,8 +168,12 @@ def _is_single_leaf(x) -> bool:
   return jax.tree.structure(x).num_nodes == 1 and jax.tree.structure(x).num_leaves == 1
 
 
-class _Box(tuple):
-  """A tuple subclass jax keeps as one leaf (a plain tuple in params is a pytree node)."""
+class LeafTuple(tuple):
+  """A tuple jax keeps as one leaf, for pairing values leaf by leaf with
+  ``jax.tree.map`` (a plain tuple would be taken for a container in params)."""
+
+  def __new__(cls, *items):
+    return super().__new__(cls, items)
 
 
 def check_masks_match(params, masks, argname: str = "masks") -> None:
@@ -184,13 +188,13 @@ def check_masks_match(params, masks, argname: str = "masks") -> None:
     # mask leaf standing for a whole params subtree is a structure mismatch.
     def pair(m, p):
       if _is_single_leaf(p):
-        return _Box((m,))
+        return LeafTuple(m)
       if m is None:  # None for a whole subtree: none of its leaves is masked
-        return [_Box((None,))] * len(jax.tree.leaves(p))
+        return [LeafTuple(None)] * len(jax.tree.leaves(p))
       raise ValueError(f"a mask leaf stands where params has a subtree ({type(p).__name__})")
     m_leaves = jax.tree.leaves(
         jax.tree.map(pair, masks, params, is_leaf=lambda x: x is None),
-        is_leaf=lambda x: isinstance(x, _Box))
+        is_leaf=lambda x: isinstance(x, LeafTuple))
     if len(m_leaves) != len(p_paths):
       raise ValueError(f"{len(m_leaves)} mask leaves for {len(p_paths)} parameters")
   except (ValueError, TypeError) as e:

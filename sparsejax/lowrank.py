@@ -501,10 +501,28 @@ def _conv_flops(model, count) -> int:
   return sum(l.flops for l in count.layers if _is_conv(modules.get(l.name)))
 
 
-def _max_diff(a_model, b_model, x) -> tuple[float, float]:
-  a = np.asarray(a_model(x), np.float64)
-  b = np.asarray(b_model(x), np.float64)
-  return float(np.max(np.abs(a - b))), float(np.max(np.abs(a)))
+def _max_diff(a_model, b_model, xs) -> tuple[float, float]:
+  """Largest ``|a - b|`` and ``|a|`` over the inputs ``xs``."""
+  diff = scale = 0.0
+  for x in xs:
+    a = np.asarray(a_model(x), np.float64)
+    b = np.asarray(b_model(x), np.float64)
+    diff = max(diff, float(np.max(np.abs(a - b))))
+    scale = max(scale, float(np.max(np.abs(a))))
+  return diff, scale
+
+
+def _check_inputs(sample_input) -> list[jax.Array]:
+  """The sample and, for a float sample, a standard-normal input of its shape.
+
+  A sample like ``jnp.zeros`` would hide almost any error behind bias-free
+  convolutions, so the check never relies on the sample's values alone.
+  """
+  x = jnp.asarray(sample_input)
+  xs = [x]
+  if jnp.issubdtype(x.dtype, jnp.floating) and x.size:
+    xs.append(jnp.asarray(np.random.default_rng(0).normal(size=x.shape), x.dtype))
+  return xs
 
 
 def export(model: nnx.Module, sample_input, *, scheme: str = "channel",
@@ -516,8 +534,9 @@ def export(model: nnx.Module, sample_input, *, scheme: str = "channel",
 
   Args:
     model: the trained model.
-    sample_input: one input batch (its shape fixes the FLOP count; its values
-      are used by the check).
+    sample_input: one input batch (its shape fixes the FLOP count; the check
+      runs on it and, for a float sample, on a standard-normal input of the
+      same shape).
     scheme, cut, energy, filter_fn, include_dense, only_if_smaller, strided:
       as in :func:`decompose`.
     check: compare (in eval mode) the factored model's outputs with those of
@@ -531,7 +550,8 @@ def export(model: nnx.Module, sample_input, *, scheme: str = "channel",
     ``flops_before/after`` (multiply-adds per example, conv and dense),
     ``conv_flops_before/after`` (conv only: the paper's convention), their
     ratios, ``layers`` (``{path: {rank, full_rank, scheme}}``), and
-    ``max_abs_diff_vs_low_rank`` / ``max_abs_diff_vs_original`` (eval mode).
+    ``max_abs_diff_vs_low_rank`` / ``max_abs_diff_vs_original`` (eval mode,
+    the largest over the check's inputs).
   """
   from sparsejax import compact  # pylint: disable=import-outside-toplevel
   new = decompose(model, scheme=scheme, cut=cut, energy=energy, filter_fn=filter_fn,
@@ -541,9 +561,9 @@ def export(model: nnx.Module, sample_input, *, scheme: str = "channel",
   ref, orig, fac = nnx.clone(_low_rank_reference(model, new)), nnx.clone(model), nnx.clone(new)
   for m in (ref, orig, fac):
     m.eval()
-  x = jnp.asarray(sample_input)
-  diff_low, scale = _max_diff(ref, fac, x)
-  diff_orig, _ = _max_diff(orig, fac, x)
+  xs = _check_inputs(sample_input)
+  diff_low, scale = _max_diff(ref, fac, xs)
+  diff_orig, _ = _max_diff(orig, fac, xs)
   if check and not diff_low <= atol + rtol * scale:
     raise AssertionError(
         f"the factored model's outputs differ from the low-rank model's by {diff_low:.3g} "

@@ -274,3 +274,19 @@ def test_conv_flops_count_depthwise_convs():
   depthwise = sum(l.flops for l in count.layers if "depthwise" in l.name)
   assert depthwise > 0
   assert report["conv_flops_before"] == count.flops - dense
+
+
+def test_export_check_is_not_fooled_by_a_zero_sample(monkeypatch):
+  """Bias-free convs map a zero input to the same output whatever their kernels, so a
+  check on a zero sample alone passes any factored layer; export also checks a random
+  input. Here the factored pair is made to disagree with the reference kernel."""
+  model = models.get_model("resnet20", widths=(8, 16, 16), rngs=nnx.Rngs(0))
+  low, _ = trp.low_rank_params(nnx.state(model, nnx.Param), energy=0.6)
+  nnx.update(model, low)  # fresh batch norms: a zero input stays zero up to the fc
+  reconstruct = lowrank.reconstruct
+  monkeypatch.setattr(lowrank, "reconstruct", lambda layer: 2.0 * reconstruct(layer))
+  x0 = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  with pytest.raises(AssertionError, match="differ from the low-rank model"):
+    lowrank.export(model, x0, cut=1e-3)
+  _, rep = lowrank.export(model, x0, cut=1e-3, check=False)
+  assert rep["max_abs_diff_vs_low_rank"] > 1e-2

@@ -182,12 +182,15 @@ def make_mesh(axes: Mapping[str, int] | Sequence[tuple[str, int]], *,
     A :class:`jax.sharding.Mesh` whose axis types are all ``Auto``.
 
   Raises:
-    ValueError, TypeError: for malformed ``axes`` or sizes whose product is
-      not the number of devices.
+    ValueError, TypeError: for malformed ``axes``, sizes whose product is
+      not the number of devices, or ``devices`` empty or naming a device twice.
   """
   items = _axis_items(axes, "axes")
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
+  if not n or len(set(devices)) != n:
+    raise ValueError(f"devices must be a non-empty sequence of distinct devices, got {n} "
+                     f"device(s) of which {len(set(devices))} distinct: {devices}")
   known = math.prod(s for _, s in items if s != -1)
   if any(s == -1 for _, s in items):
     if n % known:
@@ -239,7 +242,15 @@ def _axis_sizes(mesh: MeshLike) -> dict[str, int]:
   if isinstance(mesh, (Mesh, AbstractMesh)):
     return dict(mesh.shape)
   if isinstance(mesh, Mapping):
-    return {str(k): int(v) for k, v in mesh.items()}
+    sizes = {}
+    for k, v in mesh.items():
+      if not isinstance(k, str) or not k:
+        raise TypeError(f"mesh axis names must be non-empty str, got {k!r} in {dict(mesh)}")
+      if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"mesh[{k!r}] must be a positive int (the axis size; -1 is only for "
+                         f"make_mesh), got {v!r}")
+      sizes[k] = int(v)
+    return sizes
   raise TypeError(f"mesh must be a jax Mesh, an AbstractMesh or a mapping of axis sizes, "
                   f"got {mesh!r}")
 

@@ -613,9 +613,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       by multi-stage pipelines to start from an earlier stage's weights.
   """
   validate_config(config)
+  # Before anything touches a device (even jax.process_index() in _prepare_workdir):
+  # jax.distributed.initialize refuses to run once the backend is up.
+  parallel.initialize_distributed(config)  # no-op unless config.distributed
   workdir = _prepare_workdir(workdir)
   t_start = time.time()
-  parallel.initialize_distributed(config)  # no-op unless config.distributed
   is_main = jax.process_index() == 0  # only the first process writes metrics and reports
   mesh = parallel.mesh_from_config(config)  # None unless config.mesh
 

@@ -66,6 +66,17 @@ def test_make_mesh_bad_axes(axes, match):
     parallel.make_mesh(axes)
 
 
+def test_make_mesh_bad_devices():
+  # A device listed twice made a mesh that only failed later, deep inside JAX
+  # (safe_zip length mismatch); no device at all an IndexError.
+  d = jax.devices()[0]
+  with pytest.raises(ValueError, match=r"devices must be a non-empty sequence of distinct "
+                                       r"devices, got 2 device\(s\) of which 1 distinct"):
+    parallel.make_mesh({"data": -1}, devices=[d, d])
+  with pytest.raises(ValueError, match="devices must be a non-empty sequence"):
+    parallel.make_mesh({"data": -1}, devices=[])
+
+
 def test_make_mesh_bad_type():
   with pytest.raises(TypeError, match="mapping of axis name"):
     parallel.make_mesh(4)
@@ -148,6 +159,16 @@ def test_partition_specs_on_a_tree_and_abstract_mesh():
 def test_bad_rules(rules, shape, match):
   with pytest.raises(ValueError, match=match):
     parallel.partition_spec("a/k", shape, rules, SIZES)
+
+
+@pytest.mark.parametrize("sizes", [{"data": -1, "model": 2}, {"data": 0}, {"data": 2.7},
+                                   {"data": "4"}, {"data": True}])
+def test_bad_mesh_sizes_mapping(sizes):
+  # A mapping of axis sizes must hold positive ints: -1 (make_mesh's "the rest") or a
+  # float split every dimension silently, 0 divided by zero.
+  bad = next(k for k, v in sizes.items() if v != 2)
+  with pytest.raises(ValueError, match=rf"mesh\['{bad}'\] must be a positive int .* got "):
+    parallel.partition_spec("fc/kernel", (6, 3), [("kernel", ("data",))], sizes)
 
 
 def test_bad_spec_entry_type():
@@ -390,6 +411,34 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+_DISTRIBUTED_TRAINER = """
+import os, sys
+sys.path[:0] = [{root!r}, {here!r}]
+import jax
+from fake_data import write_fake_mnist
+from test_train import _config
+from sparsejax import train
+write_fake_mnist({d!r}, n_train=320, n_test=40)
+c = _config({d!r}, num_epochs=1, stop_after_steps=1, **{{"algorithm.end_epoch": 1.0}})
+c.distributed = {{"coordinator_address": "127.0.0.1:{port}", "num_processes": 1,
+                  "process_id": 0}}
+print("RESULT", train.train_and_evaluate(c, os.path.join({d!r}, "run")),
+      jax.distributed.is_initialized())
+"""
+
+
+def test_trainer_config_distributed_initializes_before_touching_devices(tmp_path):
+  # config.distributed must reach jax.distributed.initialize before the trainer
+  # touches the backend (jax.process_index() in the workdir check did, so it raised).
+  code = _DISTRIBUTED_TRAINER.format(root=os.path.dirname(HERE), here=HERE, d=str(tmp_path),
+                                     port=_free_port())
+  env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "RESULT {'stopped_at_step': 1} True" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_two_processes_load_their_rows_and_match_one_process(tmp_path):

@@ -86,6 +86,7 @@ __all__ = [
     "INDIVISIBLE",
     "MODEL_PARALLEL_RULES",
     "make_mesh",
+    "check_config",
     "mesh_from_config",
     "rules_from_config",
     "partition_spec",
@@ -212,6 +213,27 @@ def mesh_from_config(config) -> Mesh | None:
   if axes is None or (hasattr(axes, "__len__") and len(axes) == 0):
     return None
   return make_mesh(axes)
+
+
+def check_config(config) -> None:
+  """Checks ``config.mesh``, ``config.sharding_rules`` and ``config.sharding_indivisible``
+  without touching a device, naming the field in the error.
+
+  The trainer calls it before any data is loaded or model built; whether the
+  mesh's sizes fit the devices is only known when the mesh is made.
+  """
+  indivisible = config.get("sharding_indivisible", "error")
+  if indivisible not in INDIVISIBLE:
+    raise ValueError(f"config.sharding_indivisible must be one of {INDIVISIBLE}, "
+                     f"got {indivisible!r}")
+  axes = config.get("mesh", None)
+  if axes is None or (hasattr(axes, "__len__") and len(axes) == 0):
+    return
+  names = dict(_axis_items(axes, "config.mesh"))
+  try:
+    _compile_rules(rules_from_config(config), names)
+  except (TypeError, ValueError) as e:
+    raise type(e)(f"config.sharding_rules: {e}") from None
 
 
 def rules_from_config(config) -> tuple[tuple[str, Any], ...]:

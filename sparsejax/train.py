@@ -211,6 +211,7 @@ def validate_config(config) -> None:
   if isinstance(m, bool) or not isinstance(m, int) or m < 1:
     raise ValueError(f"config.compact_multiple_of must be a positive int, got {m!r}")
   _validate_schedules(config)
+  parallel.check_config(config)
 
 
 # ----------------------------------------------------------------------------

@@ -494,3 +494,26 @@ def test_two_processes_load_their_rows_and_match_one_process(tmp_path):
       else:
         scale = max(float(np.max(np.abs(want))), 1e-12)
         assert float(np.max(np.abs(got[k] - want))) <= TOL * scale, (mesh, k)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"mesh": "data=x"}, r"config.mesh sizes must be ints"),
+    ({"mesh": {"data": 0}}, r"config.mesh\['data'\] must be a positive int or -1"),
+    ({"mesh": "data=-1", "sharding_rules": [("kernel", ("model",))]},
+     r"config.sharding_rules: rules\[0\] \('kernel'\): spec .* names mesh axis 'model'"),
+    ({"mesh": "data=-1", "sharding_rules": "model-parallel"}, r"config.sharding_rules must be"),
+    ({"mesh": "data=-1", "sharding_rules": [("(", ("data",))]}, r"config.sharding_rules: .*regex"),
+    ({"sharding_indivisible": "pad"}, r"config.sharding_indivisible must be one of"),
+])
+def test_trainer_checks_sharding_fields_before_any_work(fields, match):
+  # Raised by validate_config, before data is loaded or a model built (a bad mesh used
+  # to fail after both, in words that did not name the config field; a bad
+  # sharding_indivisible was not checked at all without a mesh).
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from sparsejax import train  # pylint: disable=import-outside-toplevel
+  c = default.get_config().to_dict()  # plain: the config's mesh field is typed str
+  c.update(fields)
+  c = ml_collections.ConfigDict(c)
+  with pytest.raises((ValueError, TypeError), match=match):
+    train.validate_config(c)
+  parallel.check_config(default.get_config())  # the defaults pass

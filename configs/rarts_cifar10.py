@@ -14,8 +14,9 @@ The same network, data split and optimizers as configs/darts_cifar10.py (the
 DARTS defaults: 8 cells, 16 channels, 50 epochs, batch 64, SGD lr 0.025 cosine
 to 0.001, momentum 0.9, wd 3e-4; Adam 3e-4, betas (0.5, 0.999), wd 1e-3 for
 the architecture). RARTS adds a second weight copy y fit on the validation
-half (its own SGD with the weights' settings) coupled to w by
-(beta / 2) |y - w|^2, and updates alpha on L_val(y) + lam * L_train(w).
+half (its own SGD: config.val_optimizer, whose fields left None follow
+config.optimizer) coupled to w by (beta / 2) |y - w|^2, and updates alpha on
+L_val(y) + lam * L_train(w).
 lam = beta = 1 are our choices (the paper's values are not at hand);
 the sweep's details are unverified (docs/search.md).
 
@@ -40,8 +41,10 @@ _VARIANTS = ("jacobi", "cpu", "smoke")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = set(_common.split_variants(arg, "rarts_cifar10.py", _VARIANTS))
   c = _darts.base_config("rarts")
-  # y's optimizer: a copy of the weights' settings (edit separately to differ).
-  c.val_optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
+  # y's optimizer: a field left None follows config.optimizer (so --config.optimizer.lr=...
+  # moves both copies); set one, e.g. --config.val_optimizer.lr=0.01, to differ.
+  c.val_optimizer = ml_collections.ConfigDict({
+      k: ml_collections.FieldReference(None, field_type=float) for k in c.optimizer})
   if "jacobi" in variants:
     c.search.alpha_update = "jacobi"
   _darts.apply_size_variant(c, variants)

@@ -578,6 +578,11 @@ def test_run_search_end_to_end_and_train_the_genotype(tmp_path):
     (lambda c: setattr(c.search, "alpha_init_scale", float("nan")),
      r"config.search.alpha_init_scale must be a finite number >= 0, got nan"),
     (lambda c: setattr(c, "seed", -3), r"config.seed must be an integer >= 0, got -3"),
+    # Momentum 1 never forgets a gradient (and more diverges): both were accepted.
+    (lambda c: setattr(c.optimizer, "momentum", 1.0),
+     r"config.optimizer.momentum must lie in \[0, 1\), got 1.0"),
+    (lambda c: setattr(c.val_optimizer, "momentum", 1.5),
+     r"config.val_optimizer.momentum must lie in \[0, 1\), got 1.5"),
 ])
 def test_validate_config_errors(edit, match):
   from configs import rarts_cifar10  # pylint: disable=import-outside-toplevel
@@ -585,6 +590,23 @@ def test_validate_config_errors(edit, match):
   edit(c)
   with pytest.raises(ValueError, match=match):
     search.validate_config(c)
+
+
+def test_rarts_val_optimizer_follows_overrides_of_the_weights_optimizer():
+  # y's optimizer was a copy of config.optimizer frozen when the config was built, so
+  # --config.optimizer.lr=0.1 trained w at 0.1 and y, silently, at the default 0.025.
+  from configs import rarts_cifar10  # pylint: disable=import-outside-toplevel
+  c = rarts_cifar10.get_config()
+  c.optimizer.lr = 0.1
+  c.optimizer.momentum = 0.5
+  v = search.run.val_optimizer_config(c)
+  assert v.to_dict() == c.optimizer.to_dict() and v.lr == 0.1 and v.momentum == 0.5
+  c.val_optimizer.lr = 0.01  # a field set on val_optimizer differs, the rest still follows
+  v = search.run.val_optimizer_config(c)
+  assert (v.lr, v.momentum, c.optimizer.lr) == (0.01, 0.5, 0.1)
+  search.validate_config(c)
+  from configs import darts_cifar10  # pylint: disable=import-outside-toplevel
+  assert search.run.val_optimizer_config(darts_cifar10.get_config()) is None
 
 
 def test_diverged_search_raises_instead_of_deriving_a_genotype(tmp_path):
@@ -662,3 +684,54 @@ def test_argument_errors():
     SearchNetwork(num_cells=1, channels=0, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"op name must be one of .* got 'sep_conv_7x7'"):
     darts_lib.make_op("sep_conv_7x7", 4, 1, norm=lambda c, r: None, rngs=nnx.Rngs(0))
+
+
+def test_search_cell_and_mixed_op_reject_bad_multiplier_and_weights():
+  prims = ("none", "skip_connect", "avg_pool_3x3")
+  cell = lambda m: search.SearchCell(  # noqa: E731
+      steps=2, multiplier=m, prev_prev_features=3, prev_features=5, features=4, reduction=False,
+      reduce_input=False, primitives=prims, rngs=nnx.Rngs(0))
+  # multiplier 0 concatenated all four states (the two inputs too), 3 an input and two nodes.
+  for m in (0, 3):
+    with pytest.raises(ValueError, match=rf"multiplier (must be <= steps=2|must be a positive "
+                                         rf"int), got {m}"):
+      cell(m)
+  s0, s1 = _x((2, 6, 6, 3)), _x((2, 6, 6, 5), seed=1)
+  # JAX clamps out-of-range indices: edges 3 and 4 silently used row 2 of a (3, 3) weight.
+  with pytest.raises(ValueError, match=r"weights must have shape \(5, 3\) \(edges, ops\), "
+                                       r"got \(3, 3\)"):
+    cell(2)(s0, s1, jnp.ones((3, 3)) / 3)
+  op = MixedOp(4, 1, primitives=prims, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"weights must have shape \(3,\) .* got \(2,\)"):
+    op(_x((2, 6, 6, 4)), jnp.array([0.2, 0.8]))
+
+
+def test_darts_hypergradient_checks_fd_epsilon_and_xi():
+  # fd_epsilon = 0 divided 0 by 0: a NaN architecture gradient, without an error.
+  prob = toy.random_problem(0)
+  args = (prob.train_loss, jnp.full(3, 0.3), jnp.zeros(2), None, None)
+  for eps in (0.0, float("nan"), -0.01):
+    with pytest.raises(ValueError, match=rf"fd_epsilon must be > 0 .*got {eps!r}"):
+      algorithms.darts_hypergradient(*args, 0.1, fd_epsilon=eps, val_loss_fn=prob.val_loss)
+  for xi in (-0.1, float("inf")):
+    with pytest.raises(ValueError, match=rf"xi must be >= 0 .*got {xi!r}"):
+      algorithms.darts_hypergradient(*args, xi, val_loss_fn=prob.val_loss)
+  g, _ = algorithms.darts_hypergradient(*args, 0.1, val_loss_fn=prob.val_loss)
+  assert np.all(np.isfinite(g))
+
+
+def test_eval_cell_checks_its_edges_and_concat():
+  # Python indexing took input -1 (here: cell input 1) and concat -1 (the last node) silently.
+  norm = lambda c, rngs: nnx.BatchNorm(c, rngs=rngs)  # noqa: E731
+  cell = lambda edges, concat, reduction=False: darts_lib.DartsEvalCell(  # noqa: E731
+      edges, concat, prev_prev_features=3, prev_features=3, features=4, reduction=reduction,
+      reduce_input=False, norm=norm, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"edges\[1\] feeds intermediate node 0, so its input must "
+                                       r"be an int in \[0, 2\).*got -1"):
+    cell([("skip_connect", 0), ("skip_connect", -1)], (2,))
+  with pytest.raises(ValueError, match=r"concat\[1\] must be an int in \[0, 3\), got -1"):
+    cell([("skip_connect", 0), ("skip_connect", 1)], (2, -1))
+  with pytest.raises(ValueError, match=r"concat\[0\] must be an int in \[2, 3\) \(a reduction "
+                                       r"cell's inputs"):
+    cell([("skip_connect", 0), ("skip_connect", 1)], (1, 2), reduction=True)
+  assert cell([("skip_connect", 0), ("skip_connect", 1)], [2]).concat == (2,)

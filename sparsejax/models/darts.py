@@ -121,36 +121,37 @@ DARTS_V2 = Genotype(
     reduce_concat=(2, 3, 4, 5))
 
 
-def _check_edges(name: str, edges: Any) -> tuple[tuple[str, int], ...]:
+def _check_edges(name: str, edges: Any, prefix: str = "genotype.") -> tuple[tuple[str, int], ...]:
   if isinstance(edges, (str, bytes)) or not isinstance(edges, Sequence) or not edges \
       or len(edges) % 2:
-    raise ValueError(f"genotype.{name} must be a non-empty list of an even number of "
+    raise ValueError(f"{prefix}{name} must be a non-empty list of an even number of "
                      f"[op, input] pairs (two per intermediate node), got {edges!r}")
   out = []
   for k, edge in enumerate(edges):
     if isinstance(edge, (str, bytes)) or not isinstance(edge, Sequence) or len(edge) != 2:
-      raise ValueError(f"genotype.{name}[{k}] must be an [op, input] pair, got {edge!r}")
+      raise ValueError(f"{prefix}{name}[{k}] must be an [op, input] pair, got {edge!r}")
     op, j = edge
     if op not in PRIMITIVES:
-      raise ValueError(f"genotype.{name}[{k}] names op {op!r}; allowed: {PRIMITIVES}")
+      raise ValueError(f"{prefix}{name}[{k}] names op {op!r}; allowed: {PRIMITIVES}")
     node = k // 2
     if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < node + 2:
       raise ValueError(
-          f"genotype.{name}[{k}] feeds intermediate node {node}, so its input must be an "
+          f"{prefix}{name}[{k}] feeds intermediate node {node}, so its input must be an "
           f"int in [0, {node + 2}) (0, 1: cell inputs; j >= 2: node j - 2), got {j!r}")
     out.append((str(op), int(j)))
   return tuple(out)
 
 
-def _check_concat(name: str, concat: Any, num_nodes: int, low: int = 0) -> tuple[int, ...]:
+def _check_concat(name: str, concat: Any, num_nodes: int, low: int = 0,
+                  prefix: str = "genotype.") -> tuple[int, ...]:
   """``low = 2`` for a reduction cell: its inputs (0, 1) are at the input
   resolution, its nodes at half of it, so only nodes can be concatenated."""
   if isinstance(concat, (str, bytes)) or not isinstance(concat, Sequence) or not concat:
-    raise ValueError(f"genotype.{name} must be a non-empty list of node indices, got {concat!r}")
+    raise ValueError(f"{prefix}{name} must be a non-empty list of node indices, got {concat!r}")
   for k, j in enumerate(concat):
     if isinstance(j, bool) or not isinstance(j, int) or not low <= j < num_nodes + 2:
       why = " (a reduction cell's inputs 0 and 1 keep the input resolution)" if low else ""
-      raise ValueError(f"genotype.{name}[{k}] must be an int in [{low}, {num_nodes + 2}){why}, "
+      raise ValueError(f"{prefix}{name}[{k}] must be an int in [{low}, {num_nodes + 2}){why}, "
                        f"got {j!r}")
   return tuple(int(j) for j in concat)
 
@@ -434,6 +435,11 @@ class DartsEvalCell(nnx.Module):
   def __init__(self, edges: Sequence[tuple[str, int]], concat: Sequence[int], *,
                prev_prev_features: int, prev_features: int, features: int, reduction: bool,
                reduce_input: bool, norm: NormFactory, rngs: nnx.Rngs):
+    # The checks of parse_genotype: Python indexing would take a negative input or concat
+    # index (or a later node's) silently.
+    edges = _check_edges("edges", edges, prefix="")
+    concat = _check_concat("concat", concat, len(edges) // 2, low=2 if reduction else 0,
+                           prefix="")
     self.pre0 = preprocess(prev_prev_features, features, reduce_input=reduce_input, norm=norm,
                            rngs=rngs)
     self.pre1 = preprocess(prev_features, features, reduce_input=False, norm=norm, rngs=rngs)

@@ -246,6 +246,9 @@ def darts_hypergradient(loss_fn: LossFn, weights: Any, alphas: Any, train_batch:
   """
   if hessian not in HESSIAN_MODES:
     raise ValueError(f"hessian must be one of {HESSIAN_MODES}, got hessian={hessian!r}")
+  # fd_epsilon = 0 divides 0 by 0 (a NaN hypergradient); traced xi (in a jitted step) passes.
+  _util.check_real("fd_epsilon", fd_epsilon, low=0.0, low_open=True, scalar=True, finite=True)
+  _util.check_real("xi", xi, low=0.0, scalar=True, finite=True)
   val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
 
   if hessian == "exact":

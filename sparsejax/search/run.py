@@ -77,6 +77,7 @@ __all__ = [
     "METHODS",
     "COMPILE_MODES",
     "validate_config",
+    "val_optimizer_config",
     "method_label",
     "make_weights_tx",
     "make_alphas_tx",
@@ -158,13 +159,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if cap is not None:
     check_positive_int("config.max_steps_per_epoch", cap)
   for name in ("optimizer", "arch_optimizer", "val_optimizer"):
-    ocfg = config.get(name, None)
+    ocfg = val_optimizer_config(config) if name == "val_optimizer" else config.get(name, None)
     if ocfg is None:  # val_optimizer: optional (defaults to the weights' optimizer)
       continue
     _number(f"config.{name}.lr", ocfg.lr, positive=True)
     for key in ("final_lr", "weight_decay", "grad_clip", "momentum"):
       if ocfg.get(key) is not None:
         _number(f"config.{name}.{key}", ocfg.get(key))
+    momentum = ocfg.get("momentum")
+    if momentum is not None and not momentum < 1:  # 1 never forgets a gradient; more diverges
+      raise ValueError(f"config.{name}.momentum must lie in [0, 1), got {momentum!r}")
   for key in ("b1", "b2"):
     b = config.arch_optimizer.get(key, 0.9)
     if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
@@ -172,6 +176,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   n = config.get("data", ml_collections.ConfigDict()).get("train_subset")
   if n is not None:
     check_positive_int("config.data.train_subset", n)
+
+
+def val_optimizer_config(
+    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """RARTS's optimizer of ``y``: ``config.optimizer`` overridden by the set fields of
+  ``config.val_optimizer`` (a field left ``None`` follows ``config.optimizer``, so
+  ``--config.optimizer.lr=...`` moves both copies); ``None`` without ``config.val_optimizer``.
+  """
+  vcfg = config.get("val_optimizer", None)
+  if vcfg is None:
+    return None
+  merged = config.optimizer.to_dict()
+  merged.update({k: v for k, v in vcfg.to_dict().items() if v is not None})
+  return ml_collections.ConfigDict(merged)
 
 
 def method_label(config: ml_collections.ConfigDict) -> str:
@@ -425,7 +443,7 @@ class Search:
     a_tx = make_alphas_tx(config.arch_optimizer)
     s = config.search
     if s.method == "rarts":
-      vcfg = config.get("val_optimizer", None)
+      vcfg = val_optimizer_config(config)
       y_tx = w_tx if vcfg is None else make_weights_tx(vcfg, total_steps)[0]
       self.state = algorithms.init_rarts(weights, alphas, w_tx, a_tx, y_tx)
       step = algorithms.rarts_step(

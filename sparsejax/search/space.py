@@ -129,6 +129,10 @@ class MixedOp(nnx.Module):
 
   def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
     """Args: ``x`` NHWC; ``weights`` the ``(num_ops,)`` mixing weights (softmax of alpha)."""
+    # JAX clamps out-of-range indices: a short ``weights`` would silently reuse its last entry.
+    if tuple(np.shape(weights)) != (len(self.primitives),):
+      raise ValueError(f"weights must have shape ({len(self.primitives)},) (one per candidate op "
+                       f"{self.primitives}), got {tuple(np.shape(weights))}")
     out = None
     for k, (name, op) in enumerate(zip(self.primitives, self.ops)):
       if name == "none":
@@ -170,6 +174,10 @@ class SearchCell(nnx.Module):
   def __init__(self, *, steps: int, multiplier: int, prev_prev_features: int,
                prev_features: int, features: int, reduction: bool, reduce_input: bool,
                primitives: Sequence[str], rngs: nnx.Rngs):
+    steps = _check_positive_int("steps", steps)
+    multiplier = _check_positive_int("multiplier", multiplier)
+    if multiplier > steps:  # more would concatenate the cell's inputs into its output
+      raise ValueError(f"multiplier must be <= steps={steps}, got {multiplier}")
     self.steps = steps
     self.multiplier = multiplier
     self.pre0 = preprocess(prev_prev_features, features, reduce_input=reduce_input,
@@ -182,6 +190,10 @@ class SearchCell(nnx.Module):
 
   def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array) -> jax.Array:
     """``weights``: ``(num_edges, num_ops)`` mixing weights of this cell type."""
+    shape = (len(self.edges), len(self.edges[0].primitives))
+    if tuple(np.shape(weights)) != shape:  # JAX would clamp a missing edge row to the last one
+      raise ValueError(f"weights must have shape {shape} (edges, ops), got "
+                       f"{tuple(np.shape(weights))}")
     states = [self.pre0(s0), self.pre1(s1)]
     offset = 0
     for _ in range(self.steps):

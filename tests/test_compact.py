@@ -930,3 +930,42 @@ def test_output_check_redraws_integer_inputs_within_their_range():
   _check_outputs(m, m, ids, 1e-5, 1e-5)
   redrawn = [s for s in m.seen if not np.array_equal(s, np.asarray(ids))]
   assert redrawn and all(s.min() >= 0 and s.max() <= 7 and s.dtype == np.int32 for s in redrawn)
+
+
+class _ScaleThenKernelFirst(nnx.Module):
+  """A per-channel scale (not a kernel) on the activation, then a product with the kernel
+  as the left operand (``W @ h``)."""
+
+  def __init__(self, rngs):
+    self.scale = nnx.Param(jnp.full((3,), 0.5))
+    self.w = nnx.Linear(3, 4, use_bias=False, rngs=rngs)
+
+  def __call__(self, x):
+    return (self.w.kernel[...].T @ (x * self.scale[...]).T).T
+
+
+def test_count_charges_a_product_to_the_kernel_not_to_a_scale_of_the_activation():
+  c = cp.count(_ScaleThenKernelFirst(nnx.Rngs(0)), jnp.ones((2, 3)))
+  assert c.flops == 3 * 4
+  # x * scale used to pass for a view of ``scale``, which took the product's 12 MACs.
+  assert {l.name: l.flops for l in c.layers} == {"scale": 0, "w": 12}
+
+
+class _LoopWithBranch(nnx.Module):
+
+  def __init__(self, rngs):
+    self.a = nnx.Linear(4, 4, rngs=rngs)
+
+  def __call__(self, x):
+    def body(carry):
+      i, h = carry
+      return i + 1, jax.lax.cond(i % 2 == 0, self.a, lambda t: t, h)
+
+    return jax.lax.while_loop(lambda carry: carry[0] < 3, body, (0, x))[1]
+
+
+def test_count_raises_for_a_product_in_a_branch_of_a_while_loop():
+  # The dense layer sits in a cond inside the loop body: it was not seen, and the loop
+  # counted as 0 multiply-adds instead of raising like a product directly in the body.
+  with pytest.raises(ValueError, match="while loop.*trip count"):
+    cp.count(_LoopWithBranch(nnx.Rngs(0)), jnp.ones((2, 4)))

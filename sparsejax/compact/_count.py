@@ -108,8 +108,9 @@ def count(model, sample_input) -> Count:
     A :class:`Count`.
 
   Raises:
-    ValueError: a convolution or matrix product sits in a ``while`` loop,
-      whose trip count is unknown.
+    ValueError: a convolution or matrix product sits in a ``while`` loop
+      (also in a branch inside its body), whose trip count is unknown, or in
+      another primitive with a body that the count does not follow.
   """
   traced = _analysis.trace(model, sample_input)
   flops: dict[str, int] = {}
@@ -149,8 +150,12 @@ def count(model, sample_input) -> Count:
         src = ins[1] or ins[0]
         charge(_module_of(src) if src else f"dot@{_analysis._where(eqn)}", n * times_b)
       elif name in _VIEW_OPS:
+        # A view of a parameter (a reshaped, cast or masked kernel), not an activation
+        # scaled by one (``x * gate``): an input-dependent operand that is no view of a
+        # parameter itself makes the result an activation.
         src = next((s for s in ins if s), None)
-        if src:
+        if src and all(s or isinstance(v, jcore.Literal) or v not in deps
+                       for v, s in zip(eqn.invars, ins)):
           for v in eqn.outvars:
             sources[v] = src
       sub = _analysis._sub_jaxpr(eqn)
@@ -183,6 +188,14 @@ def count(model, sample_input) -> Count:
             raise ValueError(
                 f"count cannot size the while loop at {_analysis._where(eqn)}: it contains "
                 f"convolutions or matrix products and its trip count is unknown")
+      else:
+        probe = {}
+        for inner in _sub_jaxprs(eqn):
+          _count_only(inner, probe)
+        if probe:
+          raise ValueError(
+              f"count cannot follow primitive '{name}' at {_analysis._where(eqn)}: it "
+              f"contains convolutions or matrix products")
 
   invars = traced.jaxpr.jaxpr.invars
   sources = {v: p for v, p in zip(invars, traced.paths)}
@@ -198,11 +211,29 @@ def count(model, sample_input) -> Count:
   return Count(sum(params.values()), sum(flops.values()) // b, layers)
 
 
+def _sub_jaxprs(eqn) -> list:
+  """Every jaxpr among ``eqn``'s parameters: call bodies, ``cond`` branches, ``while``
+  condition and body, ..."""
+  out = []
+
+  def add(v):
+    if isinstance(v, jcore.ClosedJaxpr):
+      out.append(v.jaxpr)
+    elif isinstance(v, jcore.Jaxpr):
+      out.append(v)
+    elif isinstance(v, (tuple, list)):
+      for x in v:
+        add(x)
+
+  for v in eqn.params.values():
+    add(v)
+  return out
+
+
 def _count_only(jaxpr, out: dict) -> None:
   """Counts conv/dot equations in ``jaxpr`` and its sub-jaxprs into ``out["n"]``."""
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
       out["n"] = out.get("n", 0) + 1
-    sub = _analysis._sub_jaxpr(eqn)
-    if sub is not None:
-      _count_only(sub[0], out)
+    for inner in _sub_jaxprs(eqn):
+      _count_only(inner, out)

@@ -569,3 +569,41 @@ def test_smoke_config_trains_low_rank(tmp_path):
   assert report["sparse_test_loss"] == pytest.approx(got["loss"], rel=1e-4)
   assert any(l["cut_rank"] < l["train_rank"] for l in layers.values())
   assert report["sparse_test_loss"] != pytest.approx(report["test_loss"], rel=1e-3)  # not W's
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_trained_rank_pruning_with_optimizer_is_the_whole_method(scheme):
+  """``trained_rank_pruning(optimizer=...)``: the paper's defaults, nuclear term included.
+
+  A zero loss gradient on a kernel whose matrix has singular values (3, 2, 0, ...)
+  (energy 9/13 < 0.9, so the truncation keeps rank 2): plain SGD with lr 0.1 moves
+  by -0.1 * 3e-4 * U_2 V_2^T, so both kept singular values shrink by exactly 3e-5,
+  the singular vectors stay and the rank stays 2.
+  """
+  shape = (3, 3, 4, 6)
+  kernel = _with_spectrum(shape, [3.0, 2.0], scheme)
+  params = {"stem": {"kernel": jnp.zeros((3, 3, 3, 4))}, "conv": {"kernel": kernel}}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  tx = trp.trained_rank_pruning(optimizer=optax.sgd(0.1), scheme=scheme)
+  updates, _ = jax.jit(tx.update)(zero, tx.init(params), params)
+  new = optax.apply_updates(params, updates)["conv"]["kernel"]
+  m, m0 = np.asarray(trp.to_matrix(new, scheme), np.float64), trp.to_matrix(kernel, scheme)
+  s = np.linalg.svd(m, compute_uv=False)
+  np.testing.assert_allclose(s[:2], [3.0 - 3e-5, 2.0 - 3e-5], rtol=0, atol=2e-6)
+  assert _numerical_rank(m) == 2
+  u, _, vt = np.linalg.svd(np.asarray(m0, np.float64), full_matrices=False)
+  want = np.asarray(m0, np.float64) - 3e-5 * (u[:, :2] @ vt[:2])
+  np.testing.assert_allclose(m, want, atol=2e-6)
+  # The same chain as trp_chain, state included; nuclear=0 drops the term.
+  ref = trp.trp_chain(optax.sgd(0.1), scheme=scheme)
+  ref_u, _ = jax.jit(ref.update)(zero, ref.init(params), params)
+  assert_trees_close(updates, ref_u, atol=0.0)
+  tx0 = trp.trained_rank_pruning(optimizer=optax.sgd(0.1), nuclear=0.0, scheme=scheme)
+  u0, _ = tx0.update(zero, tx0.init(params), params)
+  np.testing.assert_allclose(np.asarray(optax.apply_updates(params, u0)["conv"]["kernel"]),
+                             np.asarray(kernel), atol=1e-6)
+
+
+def test_trained_rank_pruning_refuses_nuclear_without_an_optimizer():
+  with pytest.raises(ValueError, match=r"nuclear=0.001 needs optimizer=\.\.\."):
+    trp.trained_rank_pruning(0.9, nuclear=1e-3)

@@ -30,7 +30,8 @@ The pieces, and where each sits in an ``optax.chain``:
   ``t % period == 0``;
 * :func:`trained_rank_pruning` -- **last**: on steps ``(t + 1) % period == 0``
   it lands the parameters on the rank-:math:`r` truncation of the proposed
-  point, so the *next* forward pass uses the low-rank kernels;
+  point, so the *next* forward pass uses the low-rank kernels; given
+  ``optimizer=``, it is the whole method (= :func:`trp_chain`);
 * :func:`trp_chain` -- ``chain(add_nuclear_subgradient, optimizer,
   trained_rank_pruning)``: the whole method around any optimizer;
 * :func:`low_rank_params` -- the truncation as a pure function on a params
@@ -290,15 +291,31 @@ def _is_none(x) -> bool:
 # ---------------------------------------------------------------------------
 
 
+NUCLEAR_DEFAULT = 3e-4  # the paper's nuclear-norm weight
+
+
 def trained_rank_pruning(
     energy: ArrayLike = 0.9,
     *,
+    optimizer: optax.GradientTransformation | None = None,
+    nuclear: ArrayLike | None = None,
     period: int = 1,
     scheme: str = "channel",
     filter_fn: tree_lib.FilterFn | None = None,
     include_dense: bool = False,
 ) -> optax.GradientTransformation:
-  r"""TRP's rank truncation, placed **last** in a chain.
+  r"""TRP: the whole method around ``optimizer``, or its rank truncation placed **last**.
+
+  With ``optimizer`` given this is the complete TRP update, equal to
+  :func:`trp_chain` -- the nuclear-norm subgradient
+  :math:`\lambda_*U_rV_r^\top` (``nuclear``, default the paper's 3e-4) added
+  to the gradient on period steps, then ``optimizer``, then the truncation
+  below -- with the paper's defaults (energy 0.9, :math:`\lambda_*` = 3e-4):
+  ``trained_rank_pruning(optimizer=optax.sgd(0.1, momentum=0.9))``.
+
+  Without ``optimizer`` it is the truncation half alone, to place last in a
+  chain of your own (the subgradient half is :func:`add_nuclear_subgradient`,
+  which must sit before the optimizer, so ``nuclear`` is refused here).
 
   On steps :math:`t` with :math:`(t + 1) \bmod P = 0` (:math:`P` =
   ``period``), for every selected kernel :math:`p` with incoming update
@@ -320,14 +337,17 @@ def trained_rank_pruning(
   is a mask over the singular values, so shapes are static under ``jit`` and
   ``energy`` may be traced. Leaves not selected pass through unchanged.
 
-  This is half of TRP; the other half, the nuclear-norm subgradient, is
-  :func:`add_nuclear_subgradient` placed **before** the optimizer, and
-  :func:`trp_chain` builds both around an optimizer. The module docstring
-  explains why this ordering reproduces the paper's iterations.
+  The module docstring explains why this ordering (subgradient before the
+  optimizer, truncation of the proposed point after it) reproduces the
+  paper's iterations.
 
   Args:
     energy: :math:`e\in(0, 1]`, the fraction of :math:`\sum\sigma_i^2` kept
       (paper: 0.9). May be injected with ``optax.inject_hyperparams``.
+    optimizer: any Optax transformation (the paper: SGD, momentum 0.9, weight
+      decay 1e-4 inside it); given, the result is the whole method.
+    nuclear: :math:`\lambda_* \ge 0`, the nuclear-norm weight; only with
+      ``optimizer`` (default then 3e-4; 0 leaves the subgradient out).
     period: :math:`P \ge 1`, truncate every ``period`` steps (paper: 1).
     scheme: ``"channel"`` or ``"spatial"`` (see the module docstring).
     filter_fn: ``(path, leaf) -> bool`` choosing the kernels; default
@@ -336,10 +356,10 @@ def trained_rank_pruning(
       :func:`sparsejax.tree.dense_kernels`).
 
   Returns:
-    An ``optax.GradientTransformation`` whose state is a
+    An ``optax.GradientTransformation``. Without ``optimizer`` its state is a
     :class:`TrainedRankPruningState` (``ranks``: the rank chosen at the last
-    truncation per selected leaf, full rank before the first). ``update``
-    requires ``params``.
+    truncation per selected leaf, full rank before the first); with it, the
+    state of :func:`trp_chain`'s chain. ``update`` requires ``params``.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -358,6 +378,16 @@ def trained_rank_pruning(
     Xu et al., *TRP: Trained Rank Pruning for Efficient Deep Neural Networks*,
     IJCAI 2020 (arXiv:2004.14566).
   """
+  if optimizer is not None:
+    return trp_chain(optimizer, energy=energy,
+                     nuclear=NUCLEAR_DEFAULT if nuclear is None else nuclear, period=period,
+                     scheme=scheme, filter_fn=filter_fn, include_dense=include_dense)
+  if nuclear is not None:
+    raise ValueError(
+        f"nuclear={nuclear!r} needs optimizer=...: the nuclear-norm subgradient is added to "
+        f"the gradient before the optimizer, and without one trained_rank_pruning is only "
+        f"the truncation, placed last (or chain add_nuclear_subgradient(strength) before "
+        f"your optimizer yourself)")
   check_real("energy", energy, low=0.0, high=1.0, low_open=True, scalar=True)
   _check_common(period, scheme, filter_fn, include_dense)
   select_fn = _filter(filter_fn, include_dense)
@@ -427,7 +457,7 @@ def _nuclear_direction(m: jax.Array, rtol) -> jax.Array:
 
 
 def add_nuclear_subgradient(
-    strength: ArrayLike = 3e-4,
+    strength: ArrayLike = NUCLEAR_DEFAULT,
     *,
     period: int = 1,
     scheme: str = "channel",
@@ -539,13 +569,15 @@ def trp_chain(
     optimizer: optax.GradientTransformation,
     *,
     energy: ArrayLike = 0.9,
-    nuclear: ArrayLike = 3e-4,
+    nuclear: ArrayLike = NUCLEAR_DEFAULT,
     period: int = 1,
     scheme: str = "channel",
     filter_fn: tree_lib.FilterFn | None = None,
     include_dense: bool = False,
 ) -> optax.GradientTransformation:
   """TRP around ``optimizer``: ``chain(add_nuclear_subgradient, optimizer, trained_rank_pruning)``.
+
+  The same as ``trained_rank_pruning(energy, optimizer=optimizer, nuclear=nuclear, ...)``.
 
   Put weight decay inside ``optimizer`` (e.g. ``optax.chain(
   optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))``, the
@@ -678,7 +710,7 @@ def trained_rank_pruning_from_config(cfg, ctx):
   from sparsejax import train  # pylint: disable=import-outside-toplevel
   del ctx
   energy = float(cfg.get("energy", 0.9))
-  nuclear = float(cfg.get("nuclear", 3e-4))
+  nuclear = float(cfg.get("nuclear", NUCLEAR_DEFAULT))
   period = int(cfg.get("period", 1))
   scheme = str(cfg.get("scheme", "channel"))
   include_dense = bool(cfg.get("include_dense", False))

@@ -554,6 +554,7 @@ def export(model: nnx.Module, sample_input, *, scheme: str = "channel",
     the largest over the check's inputs).
   """
   from sparsejax import compact  # pylint: disable=import-outside-toplevel
+  cut, energy = _check_choice(cut, energy)  # the report names the cut actually used (0.05 default)
   new = decompose(model, scheme=scheme, cut=cut, energy=energy, filter_fn=filter_fn,
                   include_dense=include_dense, only_if_smaller=only_if_smaller,
                   strided=strided)

@@ -514,3 +514,17 @@ def test_filter_selecting_nothing_is_an_error():
   tx = sparse_group_lasso(0.1, 2.5, num_examples=10, filter_fn=tree_lib.regex("nomatch"))
   with pytest.raises(ValueError, match=r"sparse_group_lasso: filter_fn selected no parameter"):
     tx.init({"d": {"kernel": jnp.ones((3, 2))}})
+
+
+def test_float64_initial_u_thresholds_at_a_float64_tau():
+  """Under x64 U_0 = threshold(W_0) used a float32 tau = f32(lam)/f32(beta) (1e-9 off for l1)."""
+  with jax.enable_x64(True):
+    w = np.asarray([[0.5, -0.3], [0.2, 0.4]], np.float64)
+    params = {"fc": {"kernel": jnp.asarray(w)}}
+    tx = sparse_group_lasso(0.1, 2.5, num_examples=1.0, kind="l1")
+    state = tx.init(params)
+    expected = np.sign(w) * np.maximum(np.abs(w) - 0.1 / 2.5, 0.0)
+    np.testing.assert_allclose(np.asarray(state.u["fc"]["kernel"]), expected, rtol=0, atol=1e-15)
+    out, _ = tx.update({"fc": {"kernel": jnp.zeros((2, 2), jnp.float64)}}, state, params)
+    grad = 2.5 * (w - expected) + 0.1 * np.sqrt(2) * w / np.linalg.norm(w, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(out["fc"]["kernel"]), grad, rtol=1e-13)

@@ -290,3 +290,13 @@ def test_export_check_is_not_fooled_by_a_zero_sample(monkeypatch):
     lowrank.export(model, x0, cut=1e-3)
   _, rep = lowrank.export(model, x0, cut=1e-3, check=False)
   assert rep["max_abs_diff_vs_low_rank"] > 1e-2
+
+
+def test_export_report_names_the_default_cut():
+  """With neither cut nor energy the paper's cut 0.05 is used; the report said cut=None."""
+  m = models.get_model("resnet20", widths=(8, 8, 16), rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  _, default = lowrank.export(m, x)
+  _, explicit = lowrank.export(m, x, cut=0.05)
+  assert default["cut"] == 0.05 and default["energy"] is None
+  assert default["layers"] == explicit["layers"]

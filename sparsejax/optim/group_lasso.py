@@ -302,8 +302,12 @@ def sparse_group_lasso(
         return jax.random.uniform(jax.random.fold_in(key, order[path]), p.shape, p.dtype)
       u = jax.tree_util.tree_map_with_path(u0, params)
     else:
-      tau = jnp.asarray(lam, f32) / jnp.asarray(beta, f32)
-      u = per_leaf(lambda _, p: _threshold(kind_index, p, tau, a).astype(p.dtype), params)
+      def u0(_, p):
+        # float64 params (x64) threshold at a float64 tau, like update_fn does.
+        cdt = jnp.result_type(f32, p)
+        tau = jnp.asarray(lam, cdt) / jnp.asarray(beta, cdt)
+        return _threshold(kind_index, p, tau, a).astype(p.dtype)
+      u = per_leaf(u0, params)
     betas = per_leaf(lambda _, p: jnp.asarray(beta, f32), params)
     return SparseGroupLassoState(
         count=jnp.zeros([], jnp.int32), u=u, beta=betas, lam=jnp.asarray(lam, f32),

@@ -3,7 +3,9 @@ r"""CPU inference latency of dense vs compacted models, next to the FLOPs ratio.
   python scripts/bench_compact.py                      # VGG-19 and ResNet-20, 30/50/70%
   python scripts/bench_compact.py --models resnet20 --fractions 0.5 --repeats 5
   python scripts/bench_compact.py --compacted runs/vgg_prox/compacted   # a real run
+  python scripts/bench_compact.py --method bn_scale --trained runs/res_l1/compacted  # pruned
   python scripts/bench_compact.py --models resnet20 --multiple_of 1,8  # also widths rounded to 8
+  python scripts/bench_compact.py --conv_probe --batch_sizes 128 --repeats 15  # per-conv speed
 
 Where the channels come from (printed with the table):
   * ``--compacted DIR``: a model saved by a run with ``config.compact = True``
@@ -91,6 +93,45 @@ def zero_channel_fraction(model, x, fraction: float, *, method: str = "magnitude
   return len(chosen)
 
 
+def zero_by_bn_scale(model, x, fraction: float) -> tuple[int, float]:
+  """Classic slimming's prune step, residual-aware (in place): one global |γ| threshold.
+
+  A channel group can only go when every batch-norm scale in it is pruned, so
+  each group is scored by the largest |γ| among its BN scales (a residual
+  stream's group holds one per block of its stages); the lowest-scoring groups
+  are zeroed in all their parameters until ``fraction`` of the conv/dense
+  output channels (the table's "channels removed", classifier excluded) are
+  gone. Returns (groups zeroed, the threshold: the largest score zeroed).
+  """
+  an = cp.analyze(model, x)
+  arrays = {p: np.asarray(l) for p, l in zip(an.paths, an.traced.leaves)}
+  counted = _kernel_widths(model, x)
+  total = sum(counted.values())
+  scored = []
+  for g in an.groups:
+    if g.pinned:
+      continue
+    gammas = [abs(float(arrays[p][i])) for p, ax, i in g.members
+              if p.endswith("scale") and arrays[p].ndim == 1]
+    width = sum(1 for p, ax, _ in g.members
+                if p.endswith("kernel") and p.rsplit("/", 1)[0] in counted
+                and ax == arrays[p].ndim - 1)
+    if gammas and width:
+      scored.append((max(gammas), width, g))
+  if not scored:
+    raise SystemExit("--method bn_scale: the model has no channel group with a batch-norm scale")
+  scored.sort(key=lambda t: t[0])
+  chosen, removed, threshold = [], 0, 0.0
+  for score, width, g in scored:
+    if removed >= fraction * total:
+      break
+    chosen.append(g)
+    removed += width
+    threshold = score
+  cp.zero_groups(model, chosen)
+  return len(chosen), threshold
+
+
 def _forward(model):
   m = nnx.clone(model)
   m.eval()
@@ -112,11 +153,67 @@ def _time(fns: dict, x, repeats: int) -> dict[str, float]:
   return {k: float(np.median(v)) for k, v in times.items()}
 
 
+# ResNet-20's 3x3 convs per stage: (spatial size, residual width).
+RESNET20_STAGES = ((32, 16), (16, 32), (8, 64))
+
+
+def conv_probe(batch: int, repeats: int, widths=(1.0, 0.5, 0.3)) -> list[dict]:
+  """Latency of one stride-1 3x3 conv (C -> C, NHWC, float32) of each ResNet-20
+  stage at a fraction of its width, all timed interleaved in one process.
+
+  Where a compacted ResNet-20's time goes: the network is these convs plus
+  elementwise passes, and the whole-model speedup can follow the FLOPs ratio
+  only where the conv's multiply-adds per second stay constant as it narrows.
+  """
+  rng = np.random.default_rng(0)
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  cases, args = {}, {}
+  for hw, full in RESNET20_STAGES:
+    for f in widths:
+      c = max(1, int(round(f * full)))
+      key = (hw, full, f, c)
+      args[key] = (jnp.asarray(rng.normal(size=(batch, hw, hw, c)), jnp.float32),
+                   jnp.asarray(rng.normal(size=(3, 3, c, c)), jnp.float32))
+      cases[key] = lambda a=args[key]: conv(*a)
+  for fn in cases.values():
+    for _ in range(2):
+      jax.block_until_ready(fn())
+  times = {k: [] for k in cases}
+  for _ in range(repeats):
+    for k, fn in cases.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[k].append(time.perf_counter() - t)
+  rows = []
+  for (hw, full, f, c), ts in times.items():
+    sec = float(np.median(ts))
+    macs = batch * hw * hw * 9 * c * c
+    rows.append(dict(hw=hw, full=full, fraction=f, channels=c, ms=1e3 * sec,
+                     gmacs=macs / sec / 1e9, macs=macs))
+  print(f"\nOne 3x3 conv C -> C, batch {batch}, median of {repeats} interleaved runs "
+        f"(XLA {jax.default_backend()}, float32)")
+  print("| stage (H=W, width) | channels | ms | GMAC/s | speedup vs full | MACs ratio | "
+        "speedup / MACs ratio |\n|---|---|---|---|---|---|---|")
+  for r in rows:
+    base = next(b for b in rows if b["hw"] == r["hw"] and b["fraction"] == widths[0])
+    sp, mr = base["ms"] / r["ms"], base["macs"] / r["macs"]
+    print(f"| {r['hw']}x{r['hw']}, {r['full']} | {r['channels']} | {r['ms']:.2f} | "
+          f"{r['gmacs']:.1f} | {sp:.2f} | {mr:.2f} | {sp / mr:.2f} |")
+  return rows
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--models", default="vgg19,resnet20")
   ap.add_argument("--fractions", default="0.3,0.5,0.7")
-  ap.add_argument("--method", choices=("magnitude", "random"), default="magnitude")
+  ap.add_argument("--method", choices=("magnitude", "random", "bn_scale"), default="magnitude",
+                  help="magnitude / random: per-layer channel masks on the initialisation; "
+                       "bn_scale: classic slimming's global |gamma| threshold on the model of "
+                       "--trained")
+  ap.add_argument("--trained", default=None,
+                  help="with --method bn_scale: a trained model saved by sparsejax.compact.save "
+                       "(e.g. a slimming run's workdir/compacted), pruned at each fraction")
   ap.add_argument("--batch_sizes", default="1,128")
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--compacted", default=None,
@@ -125,6 +222,9 @@ def main() -> None:
                   help="comma list: compact once per value with compact(..., multiple_of=m), "
                        "which rounds every shrunk width up to a multiple of m")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--conv_probe", action="store_true",
+                  help="only time one 3x3 conv of each ResNet-20 stage at full, half and 30%% "
+                       "width (batch: the largest of --batch_sizes)")
   args = ap.parse_args()
   try:
     batch_sizes = parse_list("--batch_sizes", args.batch_sizes, int, low=1)
@@ -139,6 +239,9 @@ def main() -> None:
   rows = []
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"{os.cpu_count()} CPU(s) visible", flush=True)
+  if args.conv_probe:
+    conv_probe(max(batch_sizes), args.repeats)
+    return
   cases = []  # (model name, label, dense model, compacted model, source)
   if args.compacted:
     meta = cp.read_metadata(args.compacted)
@@ -151,12 +254,25 @@ def main() -> None:
     dense = models.get_model(name, rngs=nnx.Rngs(0), **orig)
     cases.append((name, "saved run", dense, small, f"compacted model from {args.compacted}"))
   else:
+    if (args.method == "bn_scale") != (args.trained is not None):
+      ap.error("--method bn_scale and --trained DIR go together")
     for name in model_names:
-      dense = models.get_model(name, rngs=nnx.Rngs(args.seed))
+      if args.trained:
+        name = cp.read_metadata(args.trained).get("name") or name
+        dense = cp.load(args.trained)
+        source = f"global |gamma| threshold on the slimming run {args.trained}"
+      else:
+        dense = models.get_model(name, rngs=nnx.Rngs(args.seed))
+        source = f"{args.method} channel mask (no slimming run)"
       x1 = jnp.zeros((1,) + _input_shape(name))
       for frac in fractions:
         masked = nnx.clone(dense)
-        zero_channel_fraction(masked, x1, frac, method=args.method, seed=args.seed)
+        if args.trained:
+          n, tau = zero_by_bn_scale(masked, x1, frac)
+          print(f"{name}: {frac:.0%}: {n} groups with max |gamma| <= {tau:.3g} zeroed",
+                flush=True)
+        else:
+          zero_channel_fraction(masked, x1, frac, method=args.method, seed=args.seed)
         for m in multiples:
           t = time.time()
           small = cp.compact(masked, x1, multiple_of=m)
@@ -164,8 +280,9 @@ def main() -> None:
           widths = (getattr(small, "config", None) or {}).get("widths")
           print(f"{name}: compacted {label} in {time.time() - t:.1f}s; widths {widths}",
                 flush=True)
-          cases.append((name, label, dense, small,
-                        f"{args.method} channel mask (no slimming run)"))
+          cases.append((name, label, dense, small, source))
+      if args.trained:
+        break  # one trained model
   by_model: dict[str, list] = {}
   for case in cases:
     by_model.setdefault(case[0], []).append(case)

@@ -969,3 +969,33 @@ def test_count_raises_for_a_product_in_a_branch_of_a_while_loop():
   # counted as 0 multiply-adds instead of raising like a product directly in the body.
   with pytest.raises(ValueError, match="while loop.*trip count"):
     cp.count(_LoopWithBranch(nnx.Rngs(0)), jnp.ones((2, 4)))
+
+
+def _bench_compact():
+  spec = importlib.util.spec_from_file_location(
+      "bench_compact", os.path.join(REPO, "scripts", "bench_compact.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_global_gamma_pruning_removes_a_residual_group_only_when_all_its_scales_are_small():
+  """scripts/bench_compact.py --method bn_scale: classic slimming's one global |gamma|
+  threshold, where a residual-stream channel goes only if every BN scale on it is below."""
+  model = models.get_model("resnet20", widths=(4, 8, 16), rngs=nnx.Rngs(0))
+  for _, m in nnx.iter_graph(model):
+    if isinstance(m, nnx.BatchNorm):
+      m.scale[...] = jnp.ones_like(m.scale[...])
+  model.blocks[0].bn1.scale[2] = 0.01  # an inner channel: one BN, the smallest score
+  for b in (6, 7, 8):  # stream channel 12 (stage 3 only): all three of its BNs small
+    model.blocks[b].bn2.scale[12] = 0.02
+  model.stem.bn.scale[1] = 0.001  # stream channel 1: smallest in the stem, but 1.0 elsewhere
+  x = jnp.zeros((1, 8, 8, 3))
+  bench = _bench_compact()
+  total = sum(bench._kernel_widths(model, x).values())  # pylint: disable=protected-access
+  n, tau = bench.zero_by_bn_scale(model, x, 4 / total)  # 1 inner + 3 stream outputs
+  assert (n, tau) == (2, pytest.approx(0.02))
+  small = cp.compact(model, x)
+  assert small.blocks[0].conv1.kernel.shape[-1] == 3  # block 0's inner width 4 -> 3
+  assert tuple(small.config["widths"]) == (4, 8, 15)  # stage 3's stream 16 -> 15; channel 1 stays
+  assert sum(bench._kernel_widths(small, x).values()) == total - 4  # pylint: disable=protected-access

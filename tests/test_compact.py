@@ -951,6 +951,33 @@ def test_count_charges_a_product_to_the_kernel_not_to_a_scale_of_the_activation(
   assert {l.name: l.flops for l in c.layers} == {"scale": 0, "w": 12}
 
 
+_TRIL = np.tril(np.ones((6, 6), np.float32))
+
+
+class _ScannedMaskedKernel(nnx.Module):
+  """A masked kernel (``kernel * constant``) inside a scan body and inside a cond branch."""
+
+  def __init__(self, rngs):
+    self.b = nnx.Linear(6, 6, rngs=rngs)
+    self.c = nnx.Linear(6, 6, rngs=rngs)
+
+  def __call__(self, x):
+    def body(h, _):
+      k = self.b.kernel[...]
+      return h @ (k * jax.lax.rsqrt(jnp.sum(k * k))), None  # weight-normalised kernel
+
+    h = jax.lax.scan(body, x, None, length=3)[0]
+    return jax.lax.cond(jnp.sum(h) > 0, lambda t: t @ (self.c.kernel[...] * _TRIL),
+                        lambda t: t, h)
+
+
+def test_count_charges_a_scaled_kernel_inside_scan_and_cond_to_its_module():
+  # Every body operand used to count as input-dependent, so kernel * (a constant or a
+  # kernel-derived scalar) lost the kernel's label and the product went to "dot@<file:line>".
+  c = cp.count(_ScannedMaskedKernel(nnx.Rngs(0)), jnp.ones((2, 6)))
+  assert {l.name: l.flops for l in c.layers} == {"b": 3 * 36, "c": 36}
+
+
 class _LoopWithBranch(nnx.Module):
 
   def __init__(self, rngs):
@@ -999,3 +1026,20 @@ def test_bench_global_gamma_pruning_removes_a_residual_group_only_when_all_its_s
   assert small.blocks[0].conv1.kernel.shape[-1] == 3  # block 0's inner width 4 -> 3
   assert tuple(small.config["widths"]) == (4, 8, 15)  # stage 3's stream 16 -> 15; channel 1 stays
   assert sum(bench._kernel_widths(small, x).values()) == total - 4  # pylint: disable=protected-access
+
+
+def test_count_of_a_pallas_sparse_layer_warns_and_still_counts_parameters():
+  """A Pallas kernel's body cannot be sized: count warns instead of refusing the whole
+  model (eval.py and lowrank.export call it), and the XLA path is counted in full."""
+  from sparsejax import nn as sparse_nn  # pylint: disable=import-outside-toplevel
+  dense = nnx.Linear(16, 16, rngs=nnx.Rngs(0))
+  mask = np.zeros((16, 16), bool)
+  mask[:8, :8] = True  # one of four 8x8 blocks kept
+  x = jnp.ones((2, 16))
+  xla = sparse_nn.SparseLinear.from_dense(dense, mask, block_shape=(8, 8), impl="xla")
+  pallas = sparse_nn.SparseLinear.from_dense(dense, mask, block_shape=(8, 8), impl="pallas")
+  want = cp.count(xla, x)
+  assert want.flops == 64  # the stored block only: 8 x 8 multiply-adds per example
+  with pytest.warns(UserWarning, match="does not see inside the Pallas kernel"):
+    got = cp.count(pallas, x)
+  assert got.params == want.params and got.flops == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -166,8 +167,15 @@ def count(model, sample_input) -> Count:
               if not isinstance(ov, jcore.Literal) and ov in deps})
       elif name == "scan":
         inner = eqn.params["jaxpr"].jaxpr  # invars: consts, carry, xs -- as the eqn's
+        # Consts and xs depend on the input as their operands do (a kernel passed in as a
+        # const is no activation, so ``kernel * mask`` in the body stays a view of it); a
+        # carry may pick the input up in any iteration, so all carries do when any operand does.
+        k0 = int(eqn.params["num_consts"])
+        k1 = k0 + int(eqn.params["num_carry"])
+        inner_deps = {iv for i, (iv, ov) in enumerate(zip(inner.invars, eqn.invars))
+                      if dep and (k0 <= i < k1 or _in_deps(ov, deps))}
         walk(inner, {iv: s for iv, s in zip(inner.invars, ins) if s},
-             times * int(eqn.params["length"]), set(inner.invars) if dep else set())
+             times * int(eqn.params["length"]), inner_deps)
       elif name == "cond":
         before = dict(flops)
         best: dict[str, int] = {}
@@ -175,7 +183,7 @@ def count(model, sample_input) -> Count:
           flops.clear()
           flops.update(before)
           walk(br.jaxpr, {iv: s for iv, s in zip(br.jaxpr.invars, ins[1:]) if s}, times,
-               set(br.jaxpr.invars) if dep else set())
+               {iv for iv, ov in zip(br.jaxpr.invars, eqn.invars[1:]) if _in_deps(ov, deps)})
           if sum(flops.values()) > sum(best.values() or [0]):
             best = dict(flops)
         flops.clear()
@@ -188,6 +196,18 @@ def count(model, sample_input) -> Count:
             raise ValueError(
                 f"count cannot size the while loop at {_analysis._where(eqn)}: it contains "
                 f"convolutions or matrix products and its trip count is unknown")
+      elif name == "pallas_call":
+        # A Pallas kernel's body runs once per grid point on blocks, often with loops over
+        # stored blocks inside: its multiply-adds cannot be read off the body. Parameters
+        # are still counted; say loudly what is missing rather than refuse the whole count.
+        probe = {}
+        for inner in _sub_jaxprs(eqn):
+          _count_only(inner, probe)
+        if probe:
+          warnings.warn(
+              f"count does not see inside the Pallas kernel at {_analysis._where(eqn)}: its "
+              f"multiply-adds are not counted (a SparseLinear built with impl='xla' or "
+              f"'reference' is counted in full)", stacklevel=2)
       else:
         probe = {}
         for inner in _sub_jaxprs(eqn):
@@ -209,6 +229,10 @@ def count(model, sample_input) -> Count:
         order.append(m)
   layers = tuple(LayerCount(m, params.get(m, 0), flops.get(m, 0) // b) for m in order)
   return Count(sum(params.values()), sum(flops.values()) // b, layers)
+
+
+def _in_deps(v, deps: set) -> bool:
+  return not isinstance(v, jcore.Literal) and v in deps
 
 
 def _sub_jaxprs(eqn) -> list:

@@ -47,6 +47,9 @@ def build_report(*, config, test: dict, summary: dict, params, dataset_source: s
 
   ``sparsity`` is the fraction of exact zeros among the prunable leaves (conv
   and dense kernels); ``sparsity_all_params`` counts every parameter.
+  ``wall_seconds`` is the trainer's wall time up to the run's final checkpoint,
+  summed over the invocations of a resumed run (the final evaluation after it
+  is not included, so that a finished run opened again reports the same).
   """
   layers = _kernel_layers(summary, params)
   prunable = [l for l in layers if l["prunable"]]

@@ -671,9 +671,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     check_run_config(workdir, config, resuming=True, write=False)
   restored = manager.restore_latest(state, return_extra=True)
   carried, carried_seconds = None, 0.0  # the interrupted epoch's running totals
+  # Wall-clock seconds of the earlier invocations up to the checkpoint resumed
+  # from (None: a fresh run, or a checkpoint saved before they were recorded).
+  carried_wall = None
   if restored is not None:
     state, ckpt_extra = restored
     logging.info("resumed from step %d", int(state.step))
+    if "wall_seconds" in ckpt_extra:
+      carried_wall = float(ckpt_extra["wall_seconds"])
     if "epoch_totals" in ckpt_extra:
       carried = {k: np.asarray(v, dtype) for k, (dtype, v) in ckpt_extra["epoch_totals"].items()}
       carried_seconds = float(ckpt_extra.get("epoch_seconds", 0.0))
@@ -703,12 +708,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   acc = carried
   epoch_t0 = time.time() - carried_seconds
 
+  # The run's wall time at its newest checkpoint, over all invocations: a resumed
+  # run reports the whole run's time, and a finished run opened again the same.
+  wall = {"at_save": carried_wall}
+
   def save(step):
-    extra = None
+    extra = {}
     if acc is not None:  # mid-epoch: keep the epoch's totals so far for the resumed run
       extra = {"epoch_totals": {k: [str(np.asarray(v).dtype), np.asarray(v).item()]
                                 for k, v in jax.device_get(acc).items()},
                "epoch_seconds": time.time() - epoch_t0}
+    extra["wall_seconds"] = (carried_wall or 0.0) + time.time() - t_start
+    if step not in manager.all_steps():  # the save below keeps an earlier one of this step
+      wall["at_save"] = extra["wall_seconds"]
     manager.save(step, state, extra=extra)
 
   epoch_times = list(writer.epoch_seconds)  # earlier epochs of a resumed run
@@ -779,7 +791,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   report = report_lib.build_report(
       config=config, test=test_m, summary=summary, params=state.params,
       dataset_source=train_ds.source, steps=total_steps, steps_per_epoch=steps_per_epoch,
-      epoch_seconds=epoch_times, wall_seconds=time.time() - t_start,
+      epoch_seconds=epoch_times,
+      wall_seconds=wall["at_save"] if wall["at_save"] is not None else time.time() - t_start,
       extra=extra)
   if is_main:
     report_lib.write_report(workdir, report, summary)

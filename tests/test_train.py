@@ -92,6 +92,24 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
   assert again["seconds_per_epoch"] == pytest.approx(expected)
 
 
+def test_resumed_run_reports_its_whole_wall_time_and_reopening_changes_nothing(
+    data_dir, tmp_path):
+  wd = str(tmp_path / "run")
+  out = train.train_and_evaluate(_config(data_dir, stop_after_steps=33), wd)
+  assert out == {"stopped_at_step": 33}
+  resumed = train.train_and_evaluate(_config(data_dir), wd)
+  # Every epoch's time lies inside one invocation's training, so the run's wall
+  # time covers their sum, the epochs before the interruption included.
+  assert resumed["wall_seconds"] >= sum(l["epoch_seconds"] for l in _metrics(wd))
+  with open(os.path.join(wd, "report.json")) as f:
+    written = json.load(f)
+  # A finished run opened again trains nothing and reports the same run.
+  again = train.train_and_evaluate(_config(data_dir), wd)
+  assert again == resumed
+  with open(os.path.join(wd, "report.json")) as f:
+    assert json.load(f) == written
+
+
 def _metrics(workdir):
   return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 

@@ -230,8 +230,9 @@ def check_config(config) -> None:
   if axes is None or (hasattr(axes, "__len__") and len(axes) == 0):
     return
   names = dict(_axis_items(axes, "config.mesh"))
+  rules = rules_from_config(config)  # its errors name config.sharding_rules already
   try:
-    _compile_rules(rules_from_config(config), names)
+    _compile_rules(rules, names)
   except (TypeError, ValueError) as e:
     raise type(e)(f"config.sharding_rules: {e}") from None
 

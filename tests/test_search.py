@@ -516,6 +516,8 @@ def test_run_search_end_to_end_and_train_the_genotype(tmp_path):
   assert report["train_examples"] == report["val_examples"] == 32  # the half split
   assert report["epochs"] == 2 and report["steps_per_epoch"] == 2
   assert report["step_peak_bytes"] > report["state_bytes"] > 0
+  # y's optimizer as used: config.val_optimizer's None fields filled from config.optimizer.
+  assert report["val_optimizer"] == c.optimizer.to_dict()
   lines = [json.loads(l) for l in open(work / "metrics.jsonl")]
   assert [l["epoch"] for l in lines] == [1, 2]
   assert all(np.isfinite(l["train_loss"]) and 0 <= l["val_accuracy"] <= 1 and "coupling" in l

@@ -607,3 +607,15 @@ def test_trained_rank_pruning_with_optimizer_is_the_whole_method(scheme):
 def test_trained_rank_pruning_refuses_nuclear_without_an_optimizer():
   with pytest.raises(ValueError, match=r"nuclear=0.001 needs optimizer=\.\.\."):
     trp.trained_rank_pruning(0.9, nuclear=1e-3)
+
+
+def test_nuclear_zero_can_be_injected():
+  """optax.inject_hyperparams passes nuclear as an array at init and a tracer at update;
+  the chain must not lose its subgradient transform in one and keep it in the other."""
+  params = _params()
+  tx = optax.inject_hyperparams(trp.trained_rank_pruning)(
+      optimizer=optax.sgd(0.1), nuclear=0.0, energy=0.9)
+  updates, _ = jax.jit(tx.update)(_grads(1), tx.init(params), params)
+  ref = trp.trp_chain(optax.sgd(0.1), nuclear=0.0)
+  want, _ = ref.update(_grads(1), ref.init(params), params)
+  assert_trees_close(updates, want, rtol=1e-5, atol=1e-6)

@@ -598,8 +598,10 @@ def trp_chain(
     raise TypeError(f"optimizer must be an optax.GradientTransformation, got {optimizer!r}")
   common = dict(period=period, scheme=scheme, filter_fn=filter_fn, include_dense=include_dense)
   parts = []
-  c = _concrete(nuclear)
-  if c is None or float(c) != 0.0:
+  # Only a Python 0 drops the transform: under optax.inject_hyperparams ``nuclear``
+  # is an array at init and a tracer at update, and the chain must be the same.
+  if not (isinstance(nuclear, (int, float)) and not isinstance(nuclear, bool)
+          and float(nuclear) == 0.0):
     parts.append(add_nuclear_subgradient(nuclear, **common))
   parts += [optimizer, trained_rank_pruning(energy, **common)]
   return optax.chain(*parts)

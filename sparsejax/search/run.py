@@ -574,6 +574,9 @@ class Search:
         "wall_seconds": time.time() - self.t_start,
         "config": config.to_dict(),
     }
+    vcfg = val_optimizer_config(config)
+    if vcfg is not None:  # config.val_optimizer's None fields follow config.optimizer
+      report["val_optimizer"] = vcfg.to_dict()
     with open(os.path.join(workdir, "report.json"), "w") as f:
       json.dump(report, f, indent=1, default=str)
     return report

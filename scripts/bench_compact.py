@@ -175,19 +175,9 @@ def conv_probe(batch: int, repeats: int, widths=(1.0, 0.5, 0.3)) -> list[dict]:
       key = (hw, full, f, c)
       args[key] = (jnp.asarray(rng.normal(size=(batch, hw, hw, c)), jnp.float32),
                    jnp.asarray(rng.normal(size=(3, 3, c, c)), jnp.float32))
-      cases[key] = lambda a=args[key]: conv(*a)
-  for fn in cases.values():
-    for _ in range(2):
-      jax.block_until_ready(fn())
-  times = {k: [] for k in cases}
-  for _ in range(repeats):
-    for k, fn in cases.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[k].append(time.perf_counter() - t)
+      cases[key] = lambda _, a=args[key]: conv(*a)
   rows = []
-  for (hw, full, f, c), ts in times.items():
-    sec = float(np.median(ts))
+  for (hw, full, f, c), sec in _time(cases, None, repeats).items():
     macs = batch * hw * hw * 9 * c * c
     rows.append(dict(hw=hw, full=full, fraction=f, channels=c, ms=1e3 * sec,
                      gmacs=macs / sec / 1e9, macs=macs))

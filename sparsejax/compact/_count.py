@@ -134,7 +134,7 @@ def count(model, sample_input) -> Count:
     for eqn in jaxpr.eqns:
       name = eqn.primitive.name
       ins = [None if isinstance(v, jcore.Literal) else sources.get(v) for v in eqn.invars]
-      dep = any(not isinstance(v, jcore.Literal) and v in deps for v in eqn.invars)
+      dep = any(_in_deps(v, deps) for v in eqn.invars)
       if dep:
         deps.update(eqn.outvars)
       times_b = times if dep else times * b
@@ -155,16 +155,14 @@ def count(model, sample_input) -> Count:
         # scaled by one (``x * gate``): an input-dependent operand that is no view of a
         # parameter itself makes the result an activation.
         src = next((s for s in ins if s), None)
-        if src and all(s or isinstance(v, jcore.Literal) or v not in deps
-                       for v, s in zip(eqn.invars, ins)):
+        if src and all(s or not _in_deps(v, deps) for v, s in zip(eqn.invars, ins)):
           for v in eqn.outvars:
             sources[v] = src
       sub = _analysis._sub_jaxpr(eqn)
       if name in _analysis._CALLS and sub is not None:
         inner, _ = sub
         walk(inner, {iv: s for iv, s in zip(inner.invars, ins) if s}, times,
-             {iv for iv, ov in zip(inner.invars, eqn.invars)
-              if not isinstance(ov, jcore.Literal) and ov in deps})
+             {iv for iv, ov in zip(inner.invars, eqn.invars) if _in_deps(ov, deps)})
       elif name == "scan":
         inner = eqn.params["jaxpr"].jaxpr  # invars: consts, carry, xs -- as the eqn's
         # Consts and xs depend on the input as their operands do (a kernel passed in as a
